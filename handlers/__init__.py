@@ -1,0 +1,1 @@
+"""The verbs: plain functions ``handler(ctx, args) -> dict``, grouped by family."""

@@ -1,0 +1,129 @@
+"""The consuming side: one thread owns the consuming connection, its acks and heartbeats."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from kombu import Consumer as KombuConsumer
+from kombu import Message
+
+from worker import logs
+from worker.config import Config
+from worker.delivery import Delivery, Settlement
+from worker.publisher import connection_for
+from worker.retry import broker_policy
+from worker.topology import rpc_queues
+
+log = logs.get(__name__)
+
+
+class Consumer:
+    """Consumes the RPC queues; settles (ack/reject) only on its own thread, never across a reconnect."""
+
+    def __init__(self, cfg: Config, on_delivery: Callable[[Delivery], None],
+                 busy: Callable[[], bool]) -> None:
+        self.cfg = cfg
+        self._on_delivery = on_delivery
+        self._busy = busy
+        self._settlements: queue.SimpleQueue[tuple[int, Message, Settlement]] = queue.SimpleQueue()
+        self._generation = 0
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._consumer: KombuConsumer | None = None
+        self.fanout_unique = uuid.uuid4().hex
+        self.connected = threading.Event()
+        self.received = 0
+
+    def stop(self) -> None:
+        """Ask the loop to stop consuming and return."""
+        self._stop.set()
+
+    def pause(self) -> None:
+        """Stop taking new messages (they wait in the queue) until resume()."""
+        self._paused.set()
+
+    def resume(self) -> None:
+        """Take messages again after pause()."""
+        self._paused.clear()
+
+    def run(self) -> None:
+        """Consume until stop(), reconnecting with backoff when the broker goes away."""
+        policy = broker_policy(event="consumer_reconnect_wait")
+        policy(self._serve)
+
+    def _serve(self) -> None:
+        if self._stop.is_set():
+            return
+        with connection_for(self.cfg, confirm=False) as conn:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            channel.basic_qos(0, self.cfg.prefetch_count, False)
+            queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
+            for q in queues:
+                q.declare()
+            # on_message gets the raw message: we decode it ourselves, so an
+            # undecodable body is answered and rejected, not silently dropped.
+            consumer = KombuConsumer(channel, queues, on_message=self._received, no_ack=False)
+            self._generation += 1
+            self.connected.set()
+            log.info("consumer_connected", url=conn.as_uri(), queues=[q.name for q in queues],
+                     prefetch=self.cfg.prefetch_count)
+            try:
+                self._loop(conn, consumer)
+            finally:
+                self.connected.clear()
+
+    def _loop(self, conn: Any, consumer: KombuConsumer) -> None:
+        consuming = False
+        while not self._stop.is_set():
+            wanted = not self._paused.is_set()
+            if wanted and not consuming:
+                consumer.consume()
+                log.info("consuming")
+            elif consuming and not wanted:
+                consumer.cancel()
+                log.warning("consuming_paused")
+            consuming = wanted
+            # Short waits while work is in flight so acks go out promptly;
+            # long ones when idle so an idle worker costs no CPU.
+            try:
+                conn.drain_events(timeout=0.002 if self._busy() else 0.5)
+            except socket.timeout:
+                pass
+            self._settle_owed()
+            if conn.transport.driver_type != "memory":
+                conn.heartbeat_check()
+        self._settle_owed()
+
+    def _received(self, message: Message) -> None:
+        self.received += 1
+        generation = self._generation
+
+        def settle(action: Settlement) -> None:
+            self._settlements.put((generation, message, action))
+
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+        self._on_delivery(Delivery(body, bool(message.delivery_info.get("redelivered")), settle))
+
+    def _settle_owed(self) -> None:
+        while True:
+            try:
+                generation, message, action = self._settlements.get_nowait()
+            except queue.Empty:
+                return
+            if generation != self._generation:
+                # Its channel is gone: the broker will redeliver it, and the
+                # journal absorbs that redelivery. Acking now would 406.
+                log.info("settlement_dropped_stale_channel", action=action)
+                continue
+            if action == "ack":
+                message.ack()
+            elif action == "reject":
+                message.reject(requeue=False)
+            else:
+                message.requeue()

@@ -1,0 +1,256 @@
+"""From a delivered body to a settled message: checks, order, journal, handler, events."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, wait
+from typing import Any, Protocol
+
+import structlog
+
+from handlers.common import describe
+from handlers.registry import API_VERSION, METHODS, Method
+from worker import envelope, events, logs
+from worker.config import Config
+from worker.delivery import Delivery, Settle, Settlement
+from worker.context import Context
+from worker.errors import (BadMessage, HypervisorUnavailable, NoSuchMethod, UnsupportedVersion,
+                           WorkerError)
+from worker.hypervisor import Hypervisor
+from worker.journal import Journal, Outgoing
+from worker.ordering import KeyedExecutor
+from worker.paths import InstancePaths
+from worker.retry import libvirt_policy
+from worker.schemas import check_args
+
+log = logs.get(__name__)
+_unordered = itertools.count()
+
+
+class Outbox(Protocol):
+    """Where the dispatcher hands messages to publish (the Publisher)."""
+
+    def send(self, out: Outgoing) -> Future[None]:
+        """Publish; the future resolves on the broker's confirm."""
+
+    def watch_call(self, reply_q: str, msg_id: str, interval: float) -> int:
+        """Start call-monitor heartbeats."""
+
+    def unwatch_call(self, handle: int) -> None:
+        """Stop call-monitor heartbeats."""
+
+
+def served(version: str, method: str) -> None:
+    """oslo's rule: same major, minor not above ours; else UnsupportedVersion."""
+    major, minor = (int(p) for p in version.split("."))
+    our_major, our_minor = (int(p) for p in API_VERSION.split("."))
+    if major != our_major or minor > our_minor:
+        raise UnsupportedVersion(version, method)
+
+
+def lookup(req: envelope.Request) -> Method:
+    """The table entry for a request, after namespace and version checks."""
+    method = METHODS.get(req.method)
+    if method is None or req.namespace is not None:
+        raise NoSuchMethod(req.method)
+    served(req.version, req.method)
+    return method
+
+
+class Dispatcher:
+    """Turns deliveries into handler runs in per-instance order, and settles each one."""
+
+    def __init__(self, cfg: Config, hypervisor: Hypervisor, journal: Journal, outbox: Outbox,
+                 executor: KeyedExecutor, paths: InstancePaths,
+                 retry_sleep: Callable[[float], None] | None = None) -> None:
+        self.cfg = cfg
+        self.hypervisor = hypervisor
+        self.journal = journal
+        self.outbox = outbox
+        self.executor = executor
+        self.paths = paths
+        self._retry_sleep = retry_sleep
+        self._lock = threading.Lock()
+        # unique_id -> settle functions of every delivery of that message now
+        # queued or running: a redelivery joins the run instead of repeating it.
+        self._inflight: dict[str, list[Settle]] = {}
+        self.draining = False
+        self.completed = 0
+        self.rejected = 0
+
+    # --- on the consumer thread: cheap, never blocks ------------------------------
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Accept one delivery: decode it and queue it behind its instance's earlier ones."""
+        try:
+            req = envelope.decode_request(delivery.body, self.cfg.max_message_bytes)
+        except BadMessage as exc:
+            self.executor.submit(("bad", next(_unordered)),
+                                 lambda: self._reject(None, exc, [delivery.settle]))
+            return
+        uid = req.unique_id
+        if uid is not None:
+            with self._lock:
+                joined = self._inflight.get(uid)
+                if joined is not None:
+                    joined.append(delivery.settle)
+                    log.info("redelivery_joined_running", unique_id=uid)
+                    return
+                self._inflight[uid] = [delivery.settle]
+        key: Hashable = req.instance_uuid.lower() if req.instance_uuid else ("any", next(_unordered))
+        self.executor.submit(key, lambda: self._handle(req, delivery.settle))
+
+    # --- on a verb thread -----------------------------------------------------------
+
+    def _settle(self, req: envelope.Request | None, first: Settle,
+                action: Settlement) -> None:
+        settles = [first]
+        if req is not None and req.unique_id is not None:
+            with self._lock:
+                settles = self._inflight.pop(req.unique_id, settles)
+        for settle in settles:
+            settle(action)
+
+    def _handle(self, req: envelope.Request, settle: Settle) -> None:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            request_id=req.request_id, method=req.method, instance=req.instance_uuid,
+            unique_id=req.unique_id)
+        if self.draining:
+            # Stopping: a message that has not started goes back to the queue.
+            self._settle(req, settle, "requeue")
+            return
+        entry = self.journal.get(req.unique_id) if req.unique_id else None
+        if entry is not None:
+            log.info("duplicate_skipped_already_completed")
+            self._finish(req, settle, list(entry.outgoing))
+            return
+        try:
+            method = lookup(req)
+            args = check_args(method.schema, req.args)
+        except BadMessage as exc:
+            self._reject(req, exc, [settle])
+            return
+        outgoing = self._run(req, method, args)
+        if outgoing is None:
+            self._settle(req, settle, "requeue")
+            return
+        if method.mutating and req.unique_id is not None:
+            # Outbox: the completion and what it must publish are on disk before
+            # publishing; a crash after this re-publishes the same events.
+            self.journal.record(req.unique_id, outgoing)
+        self._finish(req, settle, outgoing)
+
+    def _run(self, req: envelope.Request, method: Method, args: dict[str, Any]) -> list[Outgoing] | None:
+        ctx = Context(self.hypervisor, self.cfg, self.paths, req.request_id)
+        watch = None
+        if req.is_call and req.timeout:
+            assert req.reply_q is not None and req.msg_id is not None
+            watch = self.outbox.watch_call(req.reply_q, req.msg_id, req.timeout / 2)
+        if method.action:
+            self.outbox.send(self._instance_event(req, method.action, "start", self._peek(req)))
+        policy = libvirt_policy(self.cfg.libvirt_retry_seconds,
+                                **({"sleep": self._retry_sleep} if self._retry_sleep else {}))
+        try:
+            result = policy(method.handler, ctx, args)
+        except HypervisorUnavailable as exc:
+            log.error("libvirt_unavailable_message_requeued", error=exc.message)
+            return None
+        except Exception as exc:  # every failure is answered, none crashes the worker
+            if isinstance(exc, WorkerError) and exc.expected:
+                log.warning("verb_failed", error=type(exc).__name__, reason=exc.message)
+            else:
+                log.exception("verb_crashed")
+            return self._answers(req, method, error=exc)
+        finally:
+            if watch is not None:
+                self.outbox.unwatch_call(watch)
+        log.info("verb_completed", action=method.action,
+                 power_state=result.get("power_state") if isinstance(result, dict) else None)
+        return self._answers(req, method, result=result)
+
+    def _peek(self, req: envelope.Request) -> dict[str, Any]:
+        """The instance as it is before the verb, for the start event; best effort."""
+        try:
+            return describe(self.hypervisor.guest(str(req.instance_uuid)))
+        except WorkerError:
+            return {}
+
+    def _answers(self, req: envelope.Request, method: Method, result: Any = None,
+                 error: BaseException | None = None) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        if method.action:
+            state = result if isinstance(result, dict) else {}
+            out.append(self._instance_event(req, method.action, "error" if error else "end",
+                                            state, error))
+        if req.is_call:
+            assert req.reply_q is not None and req.msg_id is not None
+            out.append(Outgoing("", req.reply_q, envelope.reply(req.msg_id, result, error), True))
+        return out
+
+    def _instance_event(self, req: envelope.Request, action: str, phase: str,
+                        state: dict[str, Any], error: BaseException | None = None) -> Outgoing:
+        data = {
+            "uuid": state.get("uuid", req.instance_uuid),
+            "name": state.get("name", (req.args.get("instance") or {}).get("name")),
+            "host": self.cfg.host,
+            "power_state": state.get("power_state"),
+            "vm_state": state.get("vm_state"),
+            "action": action,
+            "request_id": req.request_id,
+            "fault": events.fault(error) if error is not None else None,
+        }
+        event = events.notification(
+            event_type=f"instance.{action}.{phase}", payload_name="InstanceActionPayload",
+            data=data, publisher_id=self.cfg.event_publisher_id,
+            topic=self.cfg.notification_topic, error=error is not None, source_id=req.unique_id)
+        return self.event_outgoing(event)
+
+    def event_outgoing(self, event: events.Event) -> Outgoing:
+        """An event as a message on the control exchange."""
+        return Outgoing(self.cfg.control_exchange, event.routing_key, envelope.wrap(event.message))
+
+    def _reject(self, req: envelope.Request | None, exc: BadMessage,
+                settles: list[Settle]) -> None:
+        """Answer a message that cannot be served, then reject it (no requeue)."""
+        self.rejected += 1
+        partial = dict(exc.kwargs)
+        if req is not None:
+            partial.update(msg_id=req.msg_id, reply_q=req.reply_q, method=req.method,
+                           unique_id=req.unique_id, request_id=req.request_id,
+                           instance_uuid=req.instance_uuid)
+        log.warning("message_rejected", error=type(exc).__name__, reason=exc.message[:300],
+                    method=partial.get("method"), unique_id=partial.get("unique_id"))
+        if partial.get("reply_q") and partial.get("msg_id"):
+            body = envelope.reply(partial["msg_id"], error=exc)
+            out = Outgoing("", partial["reply_q"], body, True)
+        else:
+            instance = partial.get("instance_uuid")
+            data = {
+                "host": self.cfg.host,
+                "method": partial.get("method"),
+                "unique_id": partial.get("unique_id"),
+                "request_id": partial.get("request_id"),
+                "instance_uuid": instance if isinstance(instance, str) else None,
+                "fault": events.fault(exc),
+            }
+            out = self.event_outgoing(events.notification(
+                event_type="rpc_message.reject.error", payload_name="RpcRejectPayload", data=data,
+                publisher_id=self.cfg.event_publisher_id, topic=self.cfg.notification_topic,
+                error=True, source_id=partial.get("unique_id")))
+        self._finish(req, settles[0], [out], on_success="reject")
+
+    def _finish(self, req: envelope.Request | None, settle: Settle,
+                outgoing: list[Outgoing], on_success: Settlement = "ack") -> None:
+        """Publish, wait for every confirm, then settle; unconfirmed means requeue."""
+        futures = [self.outbox.send(out) for out in outgoing]
+        done, not_done = wait(futures, timeout=self.cfg.confirm_timeout * 2)
+        if not_done or any(f.exception() is not None for f in done):
+            log.error("publish_unconfirmed_message_requeued")
+            self._settle(req, settle, "requeue")
+            return
+        if on_success == "ack":
+            self.completed += 1
+        self._settle(req, settle, on_success)

@@ -1,0 +1,170 @@
+"""The oslo.messaging wire format: decode requests, encode replies and notifications."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker.errors import InvalidEnvelope, MessageTooLarge, WorkerError
+
+OSLO_VERSION = "2.0"
+_METHOD = re.compile(r"[a-z_][a-z0-9_]{0,63}\Z")
+_VERSION = re.compile(r"(\d{1,4})\.(\d{1,4})\Z")
+# AMQP short strings (queue names, routing keys) are at most 255 bytes.
+_SHORTSTR = 255
+
+
+@dataclass(frozen=True)
+class Request:
+    """One decoded RPC message (a cast, or a call when reply_q is set)."""
+
+    method: str
+    args: dict[str, Any]
+    version: str = "1.0"
+    namespace: str | None = None
+    unique_id: str | None = None
+    msg_id: str | None = None
+    reply_q: str | None = None
+    timeout: float | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_call(self) -> bool:
+        """A call wants a reply; a cast does not."""
+        return self.reply_q is not None and self.msg_id is not None
+
+    @property
+    def request_id(self) -> str | None:
+        """The caller's request id (``_context_request_id``), if it sent one."""
+        value = self.context.get("request_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def instance_uuid(self) -> str | None:
+        """The uuid of ``args.instance``, when it is there and a string."""
+        instance = self.args.get("instance")
+        if isinstance(instance, dict) and isinstance(instance.get("uuid"), str):
+            return str(instance["uuid"])
+        return None
+
+
+def _loads(data: bytes | str, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEnvelope(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidEnvelope(f"{what} is nested too deeply") from None
+
+
+def _short(value: Any, name: str, partial: dict[str, Any]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value.encode()) > _SHORTSTR:
+        raise InvalidEnvelope(f"{name} must be a non-empty string of at most 255 bytes", **partial)
+    return value
+
+
+def _partial(inner: dict[str, Any]) -> dict[str, Any]:
+    """What an error answer can still use from a message that fails later checks."""
+    out: dict[str, Any] = {}
+    for key, name in (("_msg_id", "msg_id"), ("_reply_q", "reply_q"), ("_unique_id", "unique_id"),
+                      ("method", "method"), ("_context_request_id", "request_id")):
+        value = inner.get(key)
+        if isinstance(value, str) and 0 < len(value.encode()) <= _SHORTSTR and "\x00" not in value:
+            out[name] = value
+    return out
+
+
+def unwrap(body: bytes | str, max_bytes: int) -> dict[str, Any]:
+    """Body bytes to the inner message object, enveloped or bare."""
+    if len(body) > max_bytes:
+        raise MessageTooLarge(f"message of {len(body)} bytes exceeds the limit of {max_bytes}")
+    outer = _loads(body, "body")
+    if not isinstance(outer, dict):
+        raise InvalidEnvelope("body is not a JSON object")
+    if "oslo.message" in outer:
+        if outer.get("oslo.version") != OSLO_VERSION:
+            raise InvalidEnvelope(f"unsupported oslo.version {outer.get('oslo.version')!r}")
+        if not isinstance(outer["oslo.message"], str):
+            raise InvalidEnvelope("oslo.message is not a string")
+        inner = _loads(outer["oslo.message"], "oslo.message")
+        if not isinstance(inner, dict):
+            raise InvalidEnvelope("oslo.message is not a JSON object")
+        return inner
+    return outer
+
+
+def decode_request(body: bytes | str, max_bytes: int) -> Request:
+    """Decode and shape-check one inbound RPC body; raise a BadMessage on anything odd."""
+    inner = unwrap(body, max_bytes)
+    partial = _partial(inner)
+    method = inner.get("method")
+    if not isinstance(method, str) or not _METHOD.match(method):
+        raise InvalidEnvelope("method must be a lowercase identifier of at most 64 chars", **partial)
+    args = inner.get("args", {})
+    if not isinstance(args, dict):
+        raise InvalidEnvelope("args must be an object", **partial)
+    version = inner.get("version", "1.0")
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise InvalidEnvelope("version must be 'major.minor'", **partial)
+    namespace = inner.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        raise InvalidEnvelope("namespace must be a string", **partial)
+    timeout = inner.get("_timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e6
+    ):
+        raise InvalidEnvelope("_timeout must be a positive number", **partial)
+    msg_id = _short(inner.get("_msg_id"), "_msg_id", partial)
+    reply_q = _short(inner.get("_reply_q"), "_reply_q", partial)
+    unique_id = _short(inner.get("_unique_id"), "_unique_id", partial)
+    context = {k[len("_context_"):]: v for k, v in inner.items() if k.startswith("_context_")}
+    return Request(
+        method=method, args=args, version=version, namespace=namespace, unique_id=unique_id,
+        msg_id=msg_id, reply_q=reply_q, timeout=float(timeout) if timeout else None,
+        context=context,
+    )
+
+
+def new_unique_id() -> str:
+    """A fresh ``_unique_id`` as oslo makes them: uuid4 hex."""
+    return uuid.uuid4().hex
+
+
+def wrap(inner: dict[str, Any]) -> bytes:
+    """Inner object to body bytes in the oslo 2.0 envelope."""
+    text = json.dumps(inner, default=str)
+    return json.dumps({"oslo.version": OSLO_VERSION, "oslo.message": text}).encode()
+
+
+def failure(exc: BaseException) -> str:
+    """An exception as oslo's failure JSON string, never with a traceback."""
+    if isinstance(exc, WorkerError):
+        module, message = exc.wire_module, exc.message
+    else:
+        # Internal faults are named but not detailed: their text may hold paths or XML.
+        module, message = "builtins", f"internal error ({type(exc).__name__})"
+    return json.dumps({
+        "class": type(exc).__name__ if isinstance(exc, WorkerError) else "Exception",
+        "module": module,
+        "message": message,
+        "tb": [],
+        "args": [message],
+        "kwargs": {},
+    })
+
+
+def reply(msg_id: str, result: Any = None, error: BaseException | None = None,
+          ending: bool = True) -> bytes:
+    """A reply body: a result, a failure, or (ending=False) a call-monitor heartbeat."""
+    return wrap({
+        "result": None if error is not None else result,
+        "failure": failure(error) if error is not None else None,
+        "ending": ending,
+        "_msg_id": msg_id,
+        "_unique_id": new_unique_id(),
+    })

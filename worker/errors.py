@@ -1,0 +1,114 @@
+"""The project's exception tree: every failure a handler or the wire can name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WorkerError(Exception):
+    """Base of every error this worker raises on purpose."""
+
+    #: Expected errors are logged as warnings without a traceback.
+    expected = True
+    #: The module name put in a wire ``failure``; oslo clients read it.
+    wire_module = "worker.errors"
+
+    def __init__(self, message: str = "", **kwargs: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kwargs = kwargs
+
+
+class ConfigError(WorkerError):
+    """An option has a value the worker cannot use."""
+
+
+# --- messages that cannot be served --------------------------------------
+
+
+class BadMessage(WorkerError):
+    """A message that is rejected (not requeued) without running anything."""
+
+
+class MessageTooLarge(BadMessage):
+    """The body exceeds the configured size limit."""
+
+
+class InvalidEnvelope(BadMessage):
+    """The body is not JSON, or not the oslo envelope or message shape."""
+
+
+class InvalidArguments(BadMessage):
+    """The arguments do not satisfy the method's JSON Schema."""
+
+
+class BadSignature(BadMessage):
+    """A signature is required and missing or wrong."""
+
+
+class NoSuchMethod(BadMessage):
+    """The method is not in the worker's table (oslo's NoSuchMethod)."""
+
+    wire_module = "oslo_messaging.rpc.dispatcher"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"Endpoint does not support RPC method {method}")
+        self.method = method
+
+
+class UnsupportedVersion(BadMessage):
+    """The message's version is not served by this API (oslo's UnsupportedVersion)."""
+
+    wire_module = "oslo_messaging.rpc.dispatcher"
+
+    def __init__(self, version: str, method: str | None = None) -> None:
+        super().__init__(
+            f"Endpoint does not support RPC version {version}. Attempted method: {method}"
+        )
+        self.version = version
+        self.method = method
+
+
+# --- instances and the hypervisor -----------------------------------------
+
+
+class InstanceNotFound(WorkerError):
+    """No domain with that UUID exists on this host."""
+
+    def __init__(self, uuid: str) -> None:
+        super().__init__(uuid)
+        self.uuid = uuid
+
+
+class InstanceInvalidState(WorkerError):
+    """The domain's state does not allow the verb."""
+
+
+class InstanceExists(WorkerError):
+    """A domain with that UUID or name already exists."""
+
+
+class UnsafePath(WorkerError):
+    """A path built from a message would leave the worker's directories."""
+
+
+class HypervisorError(WorkerError):
+    """libvirt refused or failed a call for a reason other than a lost connection."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.code = code
+
+
+class HypervisorUnavailable(WorkerError):
+    """The libvirt connection is lost or cannot be opened."""
+
+
+class OperationTimeout(WorkerError):
+    """A verb did not reach its target state in time."""
+
+
+class PublishError(WorkerError):
+    """The broker did not confirm a publish in time, or refused it."""
+
+    expected = False

@@ -1,0 +1,74 @@
+"""Notification bodies (oslo's notifier format) with nova-shaped versioned payloads."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from worker.envelope import new_unique_id
+from worker.errors import WorkerError
+
+NAMESPACE = "compute_worker"
+PAYLOAD_VERSION = "1.0"
+# Fixed namespace for uuid5: the same message and event always get the same
+# message_id, so a repeat sent after a crash can be dropped by consumers.
+_ID_NAMESPACE = uuid.UUID("6b1c6c1e-6f3a-4b8e-9a57-0c1d3e5f7a90")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One notification ready to publish: its routing key and inner message."""
+
+    routing_key: str
+    message: dict[str, Any]
+
+    @property
+    def event_type(self) -> str:
+        """``<object>.<action>[.<phase>]``."""
+        return str(self.message["event_type"])
+
+
+def message_id(source_id: str | None, event_type: str) -> str:
+    """Stable id for the event a message causes; random when the message had no id."""
+    if source_id is None:
+        return str(uuid.uuid4())
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{source_id}/{event_type}"))
+
+
+def timestamp() -> str:
+    """UTC time in oslo's format: ``2026-11-26 06:39:48.708033``."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    return str(now) if now.microsecond else f"{now}.000000"
+
+
+def notification(
+    *, event_type: str, payload_name: str, data: dict[str, Any], publisher_id: str, topic: str,
+    error: bool = False, source_id: str | None = None,
+) -> Event:
+    """Build one event; ``source_id`` (the causing message's id) fixes its message_id."""
+    priority = "ERROR" if error else "INFO"
+    return Event(
+        routing_key=f"{topic}.{priority.lower()}",
+        message={
+            "message_id": message_id(source_id, event_type),
+            "publisher_id": publisher_id,
+            "event_type": event_type,
+            "priority": priority,
+            "timestamp": timestamp(),
+            "payload": {
+                "nova_object.name": payload_name,
+                "nova_object.namespace": NAMESPACE,
+                "nova_object.version": PAYLOAD_VERSION,
+                "nova_object.data": data,
+            },
+            "_unique_id": new_unique_id(),
+        },
+    )
+
+
+def fault(exc: BaseException) -> dict[str, str]:
+    """The ``fault`` of an error payload: class name and a message safe to publish."""
+    text = exc.message if isinstance(exc, WorkerError) else f"internal error ({type(exc).__name__})"
+    return {"exception": type(exc).__name__, "exception_message": text[:1024]}

@@ -1,0 +1,118 @@
+"""A thin wrapper giving each libvirt domain verb a short, honest name."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import libvirt
+
+from worker import power_state
+from worker.errors import OperationTimeout
+
+
+class Guard(Protocol):
+    """What a Guest needs from its Hypervisor: error mapping around each call."""
+
+    def guard(self, uuid: str | None = None) -> AbstractContextManager[None]:
+        """Map libvirt errors raised inside the block."""
+
+
+class Guest:
+    """One libvirt domain. Method names say what happens, not what libvirt calls it."""
+
+    def __init__(self, dom: libvirt.virDomain, owner: Guard) -> None:
+        self._dom = dom
+        self._owner = owner
+        self.uuid: str = dom.UUIDString()
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._owner.guard(self.uuid):
+            return fn(*args)
+
+    # --- reading state -------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The domain's name."""
+        return str(self._call(self._dom.name))
+
+    def state(self) -> tuple[int, int]:
+        """libvirt's (state, reason) pair."""
+        state, reason = self._call(self._dom.state)
+        return int(state), int(reason)
+
+    def power_state(self) -> str:
+        """The wire power_state."""
+        return power_state.from_libvirt(self.state()[0])
+
+    def has_managed_save(self) -> bool:
+        """True when a managed-save image waits to be restored (our *suspended*)."""
+        return bool(self._call(self._dom.hasManagedSaveImage, 0))
+
+    def is_persistent(self) -> bool:
+        """True for a defined domain, false for a transient one."""
+        return bool(self._call(self._dom.isPersistent))
+
+    def xml(self, flags: int = 0) -> str:
+        """The domain XML (live definition unless flags ask otherwise)."""
+        return str(self._call(self._dom.XMLDesc, flags))
+
+    def info(self) -> dict[str, Any]:
+        """Sizes and counters as get_instance_info reports them."""
+        state, max_mem, mem, cpus, cpu_time = self._call(self._dom.info)
+        return {"max_mem_kb": max_mem, "mem_kb": mem, "num_cpu": cpus, "cpu_time_ns": cpu_time,
+                "power_state": power_state.from_libvirt(state)}
+
+    # --- verbs ---------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Freeze the vCPUs (libvirt calls it suspend)."""
+        self._call(self._dom.suspend)
+
+    def unpause(self) -> None:
+        """Thaw the vCPUs (libvirt calls it resume)."""
+        self._call(self._dom.resume)
+
+    def save_to_disk(self) -> None:
+        """Managed save: memory to disk, domain off; our *suspend*."""
+        # SAVE_RUNNING: a guest saved while paused comes back running on resume.
+        self._call(self._dom.managedSave, libvirt.VIR_DOMAIN_SAVE_RUNNING)
+
+    def discard_saved_state(self) -> None:
+        """Remove a managed-save image so the next start boots afresh."""
+        self._call(self._dom.managedSaveRemove, 0)
+
+    def start(self) -> None:
+        """Start a defined domain; from its managed-save image when it has one."""
+        self._call(self._dom.create)
+
+    def shutdown(self) -> None:
+        """Ask the guest OS to power off (ACPI); returns at once."""
+        self._call(self._dom.shutdown)
+
+    def power_off(self) -> None:
+        """Pull the plug (libvirt calls it destroy): the definition stays."""
+        self._call(self._dom.destroy)
+
+    def undefine(self) -> None:
+        """Remove the definition with its managed-save image, snapshot metadata and NVRAM."""
+        flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                 | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        self._call(self._dom.undefineFlags, flags)
+
+    def wait_for(self, targets: set[str], timeout: float, interval: float = 0.1,
+                 sleep: Callable[[float], None] = time.sleep) -> str:
+        """Poll until power_state is one of targets; OperationTimeout after timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.power_state()
+            if current in targets:
+                return current
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(
+                    f"{self.uuid} stayed {current}, wanted {'/'.join(sorted(targets))}")
+            sleep(interval)

@@ -1,0 +1,179 @@
+"""The one owner of the libvirt connection: lazy connect, health, reconnect, error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import libvirt
+
+from worker import logs
+from worker.errors import HypervisorUnavailable, WorkerError
+from worker.guest import Guest
+from worker.virt_errors import libvirt_errors
+
+log = logs.get(__name__)
+
+LifecycleCallback = Callable[[str, int, int], None]
+"""Called with (domain uuid, event, detail) from libvirt's event thread."""
+
+
+_loop_lock = threading.Lock()
+_loop_started = False
+
+
+def start_event_loop() -> None:
+    """Register libvirt's default event loop and run it on a daemon thread, once per process."""
+    # Without a registered loop, isAlive() stays true after libvirtd dies and no
+    # close callback fires: a dead daemon would go unnoticed until a call fails.
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+class Hypervisor:
+    """Owns one libvirt connection; every libvirt call goes through it or its Guests."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        read_only: bool = False,
+        on_lifecycle: LifecycleCallback | None = None,
+        on_close: Callable[[str], None] | None = None,
+    ) -> None:
+        self.uri = uri
+        self.read_only = read_only
+        self._on_lifecycle = on_lifecycle
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self._conn: libvirt.virConnect | None = None
+        self._callback_ids: list[int] = []
+
+    # --- connection ------------------------------------------------------
+
+    def _open(self) -> libvirt.virConnect:
+        start_event_loop()
+        opener = libvirt.openReadOnly if self.read_only else libvirt.open
+        try:
+            conn = opener(self.uri)
+        except libvirt.libvirtError as exc:
+            raise HypervisorUnavailable(f"cannot open {self.uri}: {exc.get_error_message()}") from None
+        with contextlib.suppress(libvirt.libvirtError):
+            # Keepalive catches a daemon that is black-holed rather than dead.
+            conn.setKeepAlive(5, 3)
+        conn.registerCloseCallback(self._closed, None)
+        if self._on_lifecycle is not None:
+            self._callback_ids = [conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)]
+        log.info("libvirt_connected", uri=self.uri, read_only=self.read_only)
+        return conn
+
+    def _closed(self, conn: libvirt.virConnect, reason: int, _opaque: Any) -> None:
+        # Runs on libvirt's event thread: only record and hand off.
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+        log.warning("libvirt_connection_lost", uri=self.uri, reason=reason)
+        if self._on_close is not None:
+            self._on_close(f"libvirt connection closed (reason {reason})")
+
+    def _lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain,
+                   event: int, detail: int, _opaque: Any) -> None:
+        if self._on_lifecycle is not None:
+            self._on_lifecycle(dom.UUIDString(), event, detail)
+
+    def connection(self) -> libvirt.virConnect:
+        """The live connection, opened (or reopened) on first use."""
+        with self._lock:
+            conn = self._conn
+            if conn is not None:
+                try:
+                    alive = conn.isAlive() == 1
+                except libvirt.libvirtError:
+                    alive = False
+                if alive:
+                    return conn
+                self._drop(conn)
+            self._conn = self._open()
+            return self._conn
+
+    def _drop(self, conn: libvirt.virConnect) -> None:
+        self._conn = None
+        with contextlib.suppress(libvirt.libvirtError):
+            for cb_id in self._callback_ids:
+                conn.domainEventDeregisterAny(cb_id)
+            conn.unregisterCloseCallback()
+            conn.close()
+        self._callback_ids = []
+
+    def mark_broken(self) -> None:
+        """Forget the connection after a call saw it broken; the next use reopens."""
+        with self._lock:
+            if self._conn is not None:
+                self._drop(self._conn)
+
+    def close(self) -> None:
+        """Close the connection for good (at shutdown)."""
+        self.mark_broken()
+
+    def alive(self) -> bool:
+        """True when a connection is open and answers."""
+        try:
+            with libvirt_errors():
+                self.connection().getLibVersion()
+            return True
+        except WorkerError:
+            return False
+
+    @contextlib.contextmanager
+    def guard(self, uuid: str | None = None) -> Iterator[None]:
+        """Map libvirt errors inside the block; a connection seen broken is forgotten."""
+        try:
+            with libvirt_errors(uuid):
+                yield
+        except HypervisorUnavailable:
+            self.mark_broken()
+            raise
+
+    @contextlib.contextmanager
+    def calls(self, uuid: str | None = None) -> Iterator[libvirt.virConnect]:
+        """The live connection, with errors mapped as ``guard`` does."""
+        with self.guard(uuid):
+            yield self.connection()
+
+    # --- domains -----------------------------------------------------------
+
+    def guest(self, uuid: str) -> Guest:
+        """The domain with this UUID; InstanceNotFound when there is none."""
+        with self.calls(uuid) as conn:
+            return Guest(conn.lookupByUUIDString(uuid), self)
+
+    def guests(self) -> list[Guest]:
+        """Every domain on this host, running or only defined."""
+        with self.calls() as conn:
+            return [Guest(dom, self) for dom in conn.listAllDomains(0)]
+
+    def define(self, xml: str) -> Guest:
+        """Define a persistent domain from XML."""
+        with self.calls() as conn:
+            return Guest(conn.defineXML(xml), self)
+
+    def host_info(self) -> dict[str, Any]:
+        """Capacity of this host: model, memory (MiB), CPUs, MHz."""
+        with self.calls() as conn:
+            model, memory_mb, cpus, mhz, *_ = conn.getInfo()
+            return {"hostname": conn.getHostname(), "uri": conn.getURI(), "cpu_model": model,
+                    "memory_mb": memory_mb, "vcpus": cpus, "cpu_mhz": mhz,
+                    "hypervisor_version": conn.getVersion(), "libvirt_version": conn.getLibVersion()}

@@ -1,0 +1,53 @@
+"""``compute-worker check``: can this host run the worker? One line per check."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from kombu import Connection
+
+from worker.config import Config
+from worker.hypervisor import Hypervisor
+
+
+def _dir_writable(path: str) -> str | None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    return None
+
+
+def run_checks(cfg: Config) -> int:
+    """Print ok/FAIL for the broker, libvirt and each directory; 0 when all pass."""
+    failures = 0
+
+    def report(name: str, problem: str | None, detail: str = "") -> None:
+        nonlocal failures
+        if problem:
+            failures += 1
+            print(f"FAIL {name}: {problem}")
+        else:
+            print(f"ok   {name}{': ' + detail if detail else ''}")
+
+    try:
+        with Connection(cfg.transport_url, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+            report("broker", None, conn.as_uri())
+    except Exception as exc:  # any failure here is the answer, not a crash
+        report("broker", f"cannot connect to {cfg.transport_url}: {exc}")
+    hv = Hypervisor(cfg.libvirt_uri)
+    try:
+        info = hv.host_info()
+        report("libvirt", None, f"{cfg.libvirt_uri} ({info['cpu_model']}, {info['vcpus']} vCPUs, "
+                                f"{info['memory_mb']} MiB)")
+    except Exception as exc:  # same: report, do not crash
+        report("libvirt", f"cannot use {cfg.libvirt_uri}: {exc}")
+    finally:
+        hv.close()
+    report("instances_path", _dir_writable(cfg.instances_path), cfg.instances_path)
+    report("state_dir", _dir_writable(cfg.state_dir), cfg.state_dir)
+    return 1 if failures else 0
