@@ -27,7 +27,7 @@ def libvirt_policy(max_delay: float, sleep: Sleep = time.sleep) -> tenacity.Retr
     """Retry while libvirt is unreachable: exponential backoff with jitter, up to max_delay."""
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(HypervisorUnavailable),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=10, jitter=0.5),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
         stop=tenacity.stop_after_delay(max_delay),
         before_sleep=_log_before_sleep("libvirt_retry"),
         sleep=sleep,
@@ -40,7 +40,7 @@ def broker_policy(sleep: Sleep = time.sleep, *, event: str = "broker_reconnect_w
     """Reconnect to the broker forever: exponential backoff with jitter, capped at 30 s."""
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(retry_on),
-        wait=tenacity.wait_exponential_jitter(initial=0.5, max=30, jitter=1.0),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=30, jitter=1.0),
         before_sleep=_log_before_sleep(event),
         sleep=sleep,
         reraise=True,

@@ -49,6 +49,8 @@ class Service:
         """Connect everything and start consuming; returns once messages are being taken."""
         log.info("worker_starting", host=self.cfg.host, uri=self.cfg.libvirt_uri,
                  version=__version__, journal_entries=len(self.journal))
+        if not self.hypervisor.alive():
+            log.warning("libvirt_not_reached_yet", uri=self.cfg.libvirt_uri)
         self.publisher.start()
         self._consumer_thread.start()
         if not (self.publisher.wait_connected(timeout) and self.consumer.connected.wait(timeout)):

@@ -1,0 +1,119 @@
+"""Fixtures on real parts: RabbitMQ on localhost, libvirt's test driver, the worker in-process."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+import structlog
+from kombu import Connection
+
+from tests.helpers import EventTap, define_test_domains, remove_test_domains
+from worker import config as config_mod
+from worker import logs
+from worker.client import RpcClient
+from worker.config import Config
+from worker.service import Service
+
+BROKER_URL = os.environ.get("COMPUTE_WORKER_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+
+logs.setup("warning")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_context() -> Iterator[None]:
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> str:
+    """A reachable RabbitMQ; the README's test command starts one, so absence is a failure."""
+    try:
+        with Connection(BROKER_URL, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=2, timeout=5)
+    except Exception as exc:
+        pytest.fail(f"RabbitMQ is not reachable at {BROKER_URL} ({exc}); "
+                    "run scripts/test.sh, which starts it")
+    return BROKER_URL
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, broker_url: str) -> Callable[..., Config]:
+    """Config factory with private names (exchange, host, topic) and private dirs per test."""
+    tag = uuid.uuid4().hex[:10]
+
+    def make(**overrides: Any) -> Config:
+        values: dict[str, Any] = {
+            "host": f"host-{tag}",
+            "transport_url": broker_url,
+            "control_exchange": f"nova_{tag}",
+            "notification_topic": f"notifications_{tag}",
+            "virt_type": "test",
+            "instances_path": str(tmp_path / "instances"),
+            "state_dir": str(tmp_path / "state"),
+            "heartbeat": 10,
+            "confirm_timeout": 10,
+        }
+        values.update(overrides)
+        return config_mod.load(None, values, environ={})
+
+    return make
+
+
+@pytest.fixture
+def cfg(make_config: Callable[..., Config]) -> Config:
+    """The default per-test config (test driver, real broker)."""
+    return make_config()
+
+
+@pytest.fixture
+def tap(cfg: Config) -> Iterator[EventTap]:
+    """Every event the worker of this test publishes."""
+    event_tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+    yield event_tap
+    event_tap.close()
+
+
+@pytest.fixture
+def worker(cfg: Config, tap: EventTap) -> Iterator[Service]:
+    """A started worker service for cfg, stopped after the test."""
+    service = Service(cfg, retry_sleep=lambda _s: None)
+    service.start()
+    yield service
+    service.stop(grace=10)
+
+
+@pytest.fixture
+def rpc(cfg: Config) -> Iterator[RpcClient]:
+    """A client for cfg's exchange."""
+    with Connection(cfg.transport_url) as conn:
+        yield RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic)
+
+
+@pytest.fixture(scope="session")
+def test_driver() -> Iterator[libvirt.virConnect]:
+    """Holds test:///default open: its shared state lives only while a connection does."""
+    conn = libvirt.open("test:///default")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def domains(test_driver: libvirt.virConnect) -> Iterator[Callable[[int], list[str]]]:
+    """Factory for running domains on test:///default, removed after the test."""
+    made: list[str] = []
+
+    def make(count: int = 1) -> list[str]:
+        uuids = define_test_domains(count)
+        made.extend(uuids)
+        return uuids
+
+    yield make
+    remove_test_domains(made)
