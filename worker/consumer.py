@@ -103,8 +103,14 @@ class Consumer:
     def _received(self, message: Message) -> None:
         self.received += 1
         generation = self._generation
+        once = threading.Lock()
 
         def settle(action: Settlement) -> None:
+            # A second settlement of one delivery would close the channel (406
+            # unknown delivery tag), taking every other unacked message with it.
+            if not once.acquire(blocking=False):
+                log.error("settlement_repeated_ignored", action=action)
+                return
             self._settlements.put((generation, message, action))
 
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()

@@ -87,8 +87,9 @@ class Dispatcher:
         try:
             req = envelope.decode_request(delivery.body, self.cfg.max_message_bytes)
         except BadMessage as exc:
-            self.executor.submit(("bad", next(_unordered)),
-                                 lambda: self._reject(None, exc, [delivery.settle]))
+            bad = exc  # ``exc`` is unbound when the except block ends; the task runs later
+            self.executor.submit(("bad", next(_unordered)), self._guarded(
+                None, delivery.settle, lambda: self._reject(None, bad, [delivery.settle])))
             return
         uid = req.unique_id
         if uid is not None:
@@ -100,7 +101,21 @@ class Dispatcher:
                     return
                 self._inflight[uid] = [delivery.settle]
         key: Hashable = req.instance_uuid.lower() if req.instance_uuid else ("any", next(_unordered))
-        self.executor.submit(key, lambda: self._handle(req, delivery.settle))
+        self.executor.submit(key, self._guarded(
+            req, delivery.settle, lambda: self._handle(req, delivery.settle)))
+
+    def _guarded(self, req: envelope.Request | None, settle: Settle,
+                 task: Callable[[], None]) -> Callable[[], None]:
+        """Wrap a task so that even a bug in it settles the message (dead-letters it)."""
+        def run() -> None:
+            try:
+                task()
+            except Exception:
+                # Requeueing would loop on the same bug; reject sends it to the
+                # dead-letter exchange where one is configured.
+                log.exception("dispatch_crashed_message_rejected")
+                self._settle(req, settle, "reject")
+        return run
 
     # --- on a verb thread -----------------------------------------------------------
 
