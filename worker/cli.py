@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(check, list(FIELDS))
     sub.add_parser("demo", help="worker, scripted scheduler and event tracker in one process "
                                 "(in-memory broker, libvirt test driver)")
-    for verb, text in (("cast", "send a cast (no reply)"), ("call", "send a call, print the reply")):
+    for verb, text in (("cast", "send a cast (no reply)"),
+                       ("call", "send a call, print the reply")):
         p = sub.add_parser(verb, help=text)
         p.add_argument("target_host", metavar="HOST")
         p.add_argument("method", metavar="METHOD")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,7 +86,7 @@ class RpcClient:
                         raise CallTimeout(f"no reply to {method} within {timeout}s")
                     try:
                         self.conn.drain_events(timeout=min(left, 0.5))
-                    except socket.timeout:
+                    except TimeoutError:
                         pass
         finally:
             channel.close()
@@ -117,7 +116,7 @@ def tail_events(connection: Connection, *, exchange: str = "nova",
         while deadline is None or time.monotonic() < deadline:
             try:
                 connection.drain_events(timeout=0.5)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             while got:
                 yield got.pop(0)

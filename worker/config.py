@@ -96,7 +96,7 @@ FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fiel
 
 
 def _converter(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
-    kind = type(f.default)
+    kind: type = type(f.default)
     if kind is bool:
         return _bool
     if kind is int:

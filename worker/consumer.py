@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import queue
-import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -23,7 +22,7 @@ log = logs.get(__name__)
 
 
 class Consumer:
-    """Consumes the RPC queues; settles (ack/reject) only on its own thread, never across a reconnect."""
+    """Consumes the RPC queues; settles only on its own thread, never across a reconnect."""
 
     def __init__(self, cfg: Config, on_delivery: Callable[[Delivery], None],
                  busy: Callable[[], bool]) -> None:
@@ -93,7 +92,7 @@ class Consumer:
             # long ones when idle so an idle worker costs no CPU.
             try:
                 conn.drain_events(timeout=0.002 if self._busy() else 0.5)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             self._settle_owed()
             if conn.transport.driver_type != "memory":

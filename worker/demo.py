@@ -99,7 +99,8 @@ def run_demo() -> int:
                 failures += event["event_type"].endswith(".error")
                 ms = (arrived - started) * 1000
                 print(f"{ms:>7.1f}  {names.get(data['uuid'], data['uuid'][:8]):<8} "
-                      f"{event['event_type']:<28} {str(data['power_state']):<12} {data['vm_state']}")
+                      f"{event['event_type']:<28} {str(data['power_state']):<12} "
+                      f"{data['vm_state']}")
             try:
                 listing = client.call(HOST, "list_instances", {}, timeout=10)
             except RemoteError as exc:

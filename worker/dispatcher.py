@@ -14,10 +14,15 @@ from handlers.common import describe
 from handlers.registry import API_VERSION, METHODS, Method
 from worker import envelope, events, logs
 from worker.config import Config
-from worker.delivery import Delivery, Settle, Settlement
 from worker.context import Context
-from worker.errors import (BadMessage, HypervisorUnavailable, NoSuchMethod, UnsupportedVersion,
-                           WorkerError)
+from worker.delivery import Delivery, Settle, Settlement
+from worker.errors import (
+    BadMessage,
+    HypervisorUnavailable,
+    NoSuchMethod,
+    UnsupportedVersion,
+    WorkerError,
+)
 from worker.hypervisor import Hypervisor
 from worker.journal import Journal, Outgoing
 from worker.ordering import KeyedExecutor
@@ -100,7 +105,8 @@ class Dispatcher:
                     log.info("redelivery_joined_running", unique_id=uid)
                     return
                 self._inflight[uid] = [delivery.settle]
-        key: Hashable = req.instance_uuid.lower() if req.instance_uuid else ("any", next(_unordered))
+        key: Hashable = (req.instance_uuid.lower() if req.instance_uuid
+                         else ("any", next(_unordered)))
         self.executor.submit(key, self._guarded(
             req, delivery.settle, lambda: self._handle(req, delivery.settle)))
 
@@ -158,7 +164,8 @@ class Dispatcher:
             self.journal.record(req.unique_id, outgoing)
         self._finish(req, settle, outgoing)
 
-    def _run(self, req: envelope.Request, method: Method, args: dict[str, Any]) -> list[Outgoing] | None:
+    def _run(self, req: envelope.Request, method: Method,
+             args: dict[str, Any]) -> list[Outgoing] | None:
         ctx = Context(self.hypervisor, self.cfg, self.paths, req.request_id)
         watch = None
         if req.is_call and req.timeout:

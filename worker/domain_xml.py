@@ -61,4 +61,4 @@ def disk(path: str, target_dev: str, *, fmt: str = "qcow2", bus: str = "virtio")
 
 def to_string(element: etree._Element) -> str:
     """Serialize for libvirt."""
-    return etree.tostring(element, encoding="unicode")
+    return str(etree.tostring(element, encoding="unicode"))

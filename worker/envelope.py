@@ -104,7 +104,8 @@ def decode_request(body: bytes | str, max_bytes: int) -> Request:
     partial = _partial(inner)
     method = inner.get("method")
     if not isinstance(method, str) or not _METHOD.match(method):
-        raise InvalidEnvelope("method must be a lowercase identifier of at most 64 chars", **partial)
+        raise InvalidEnvelope("method must be a lowercase identifier of at most 64 chars",
+                              **partial)
     args = inner.get("args", {})
     if not isinstance(args, dict):
         raise InvalidEnvelope("args must be an object", **partial)

@@ -39,7 +39,7 @@ def message_id(source_id: str | None, event_type: str) -> str:
 
 def timestamp() -> str:
     """UTC time in oslo's format: ``2026-11-26 06:39:48.708033``."""
-    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     return str(now) if now.microsecond else f"{now}.000000"
 
 

@@ -69,7 +69,8 @@ class Hypervisor:
         try:
             conn = opener(self.uri)
         except libvirt.libvirtError as exc:
-            raise HypervisorUnavailable(f"cannot open {self.uri}: {exc.get_error_message()}") from None
+            reason = exc.get_error_message()
+            raise HypervisorUnavailable(f"cannot open {self.uri}: {reason}") from None
         with contextlib.suppress(libvirt.libvirtError):
             # Keepalive catches a daemon that is black-holed rather than dead.
             conn.setKeepAlive(5, 3)
@@ -176,4 +177,5 @@ class Hypervisor:
             model, memory_mb, cpus, mhz, *_ = conn.getInfo()
             return {"hostname": conn.getHostname(), "uri": conn.getURI(), "cpu_model": model,
                     "memory_mb": memory_mb, "vcpus": cpus, "cpu_mhz": mhz,
-                    "hypervisor_version": conn.getVersion(), "libvirt_version": conn.getLibVersion()}
+                    "hypervisor_version": conn.getVersion(),
+                    "libvirt_version": conn.getLibVersion()}

@@ -180,7 +180,7 @@ class Publisher:
             return
         try:
             conn.drain_events(timeout=0.001)
-        except socket.timeout:
+        except TimeoutError:
             pass
         conn.heartbeat_check()
 
