@@ -84,7 +84,7 @@ def tap(cfg: Config) -> Iterator[EventTap]:
 @pytest.fixture
 def worker(cfg: Config, tap: EventTap) -> Iterator[Service]:
     """A started worker service for cfg, stopped after the test."""
-    service = Service(cfg, retry_sleep=lambda _s: None)
+    service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
     service.start()
     yield service
     service.stop(grace=10)

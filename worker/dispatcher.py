@@ -69,7 +69,8 @@ class Dispatcher:
 
     def __init__(self, cfg: Config, hypervisor: Hypervisor, journal: Journal, outbox: Outbox,
                  executor: KeyedExecutor, paths: InstancePaths,
-                 retry_sleep: Callable[[float], None] | None = None) -> None:
+                 retry_sleep: Callable[[float], None] | None = None,
+                 on_verb_end: Callable[[str, Any], None] | None = None) -> None:
         self.cfg = cfg
         self.hypervisor = hypervisor
         self.journal = journal
@@ -77,6 +78,7 @@ class Dispatcher:
         self.executor = executor
         self.paths = paths
         self._retry_sleep = retry_sleep
+        self._on_verb_end = on_verb_end
         self._lock = threading.Lock()
         # unique_id -> settle functions of every delivery of that message now
         # queued or running: a redelivery joins the run instead of repeating it.
@@ -166,6 +168,7 @@ class Dispatcher:
 
     def _run(self, req: envelope.Request, method: Method,
              args: dict[str, Any]) -> list[Outgoing] | None:
+        """Run the handler; the answers to publish, or None to requeue (libvirt away)."""
         ctx = Context(self.hypervisor, self.cfg, self.paths, req.request_id)
         watch = None
         if req.is_call and req.timeout:
@@ -175,23 +178,28 @@ class Dispatcher:
             self.outbox.send(self._instance_event(req, method.action, "start", self._peek(req)))
         policy = libvirt_policy(self.cfg.libvirt_retry_seconds,
                                 **({"sleep": self._retry_sleep} if self._retry_sleep else {}))
+        result: Any = None
+        answers: list[Outgoing] | None
         try:
             result = policy(method.handler, ctx, args)
+            log.info("verb_completed", action=method.action,
+                     power_state=result.get("power_state") if isinstance(result, dict) else None)
+            answers = self._answers(req, method, result=result)
         except HypervisorUnavailable as exc:
             log.error("libvirt_unavailable_message_requeued", error=exc.message)
-            return None
+            answers = None
         except Exception as exc:  # every failure is answered, none crashes the worker
             if isinstance(exc, WorkerError) and exc.expected:
                 log.warning("verb_failed", error=type(exc).__name__, reason=exc.message)
             else:
                 log.exception("verb_crashed")
-            return self._answers(req, method, error=exc)
+            answers = self._answers(req, method, error=exc)
         finally:
             if watch is not None:
                 self.outbox.unwatch_call(watch)
-        log.info("verb_completed", action=method.action,
-                 power_state=result.get("power_state") if isinstance(result, dict) else None)
-        return self._answers(req, method, result=result)
+        if self._on_verb_end is not None and method.action and req.instance_uuid:
+            self._on_verb_end(req.instance_uuid.lower(), result)
+        return answers
 
     def _peek(self, req: envelope.Request) -> dict[str, Any]:
         """The instance as it is before the verb, for the start event; best effort."""

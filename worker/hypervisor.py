@@ -144,8 +144,12 @@ class Hypervisor:
         try:
             with libvirt_errors(uuid):
                 yield
-        except HypervisorUnavailable:
+        except HypervisorUnavailable as exc:
             self.mark_broken()
+            # A failing call is the other way (besides the close callback) to
+            # learn that libvirt is gone: tell the owner the same way.
+            if self._on_close is not None:
+                self._on_close(exc.message)
             raise
 
     @contextlib.contextmanager

@@ -52,6 +52,11 @@ class KeyedExecutor:
             # Run the next task of this key on the same thread: cheaper than a
             # resubmit, and the order cannot be overtaken.
 
+    def busy(self, key: Hashable) -> bool:
+        """True while a task of this key is queued or running."""
+        with self._lock:
+            return key in self._queues
+
     @property
     def pending(self) -> int:
         """Tasks submitted and not yet finished."""
@@ -63,6 +68,6 @@ class KeyedExecutor:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    def shutdown(self) -> None:
-        """Stop the pool after the running tasks finish."""
-        self._pool.shutdown(wait=True)
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the pool; with wait, after the running tasks finish."""
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)

@@ -35,6 +35,17 @@ def libvirt_policy(max_delay: float, sleep: Sleep = time.sleep) -> tenacity.Retr
     )
 
 
+def libvirt_reconnect_policy(sleep: Sleep = time.sleep) -> tenacity.Retrying:
+    """Reopen a lost libvirt connection forever: backoff with jitter, capped at 30 s."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(HypervisorUnavailable),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=30, jitter=0.5),
+        before_sleep=_log_before_sleep("libvirt_reconnect_wait"),
+        sleep=sleep,
+        reraise=True,
+    )
+
+
 def broker_policy(sleep: Sleep = time.sleep, *, event: str = "broker_reconnect_wait",
                   retry_on: tuple[type[BaseException], ...] = (Exception,)) -> tenacity.Retrying:
     """Reconnect to the broker forever: exponential backoff with jitter, capped at 30 s."""

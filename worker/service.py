@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 from worker import __version__, events, logs
 from worker.config import Config
 from worker.consumer import Consumer
 from worker.dispatcher import Dispatcher
+from worker.errors import HypervisorUnavailable
 from worker.hypervisor import Hypervisor
 from worker.journal import Journal
 from worker.ordering import KeyedExecutor
 from worker.paths import InstancePaths
 from worker.publisher import Publisher
+from worker.retry import libvirt_reconnect_policy
+from worker.state_watch import StateWatch
 
 log = logs.get(__name__)
 
@@ -21,22 +26,55 @@ log = logs.get(__name__)
 class Service:
     """One worker for one host: start(), then stop() or wait for a signal."""
 
-    def __init__(self, cfg: Config, *, retry_sleep: Callable[[float], None] | None = None) -> None:
+    def __init__(self, cfg: Config, *, retry_sleep: Callable[[float], None] | None = None,
+                 sync_interval: float = 60.0, debounce: float = 2.0) -> None:
         self.cfg = cfg
+        self._sleep = retry_sleep or time.sleep
         self.paths = InstancePaths(cfg.instances_path)
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        self.hypervisor = Hypervisor(cfg.libvirt_uri, on_close=self._libvirt_closed)
+        self.hypervisor = Hypervisor(cfg.libvirt_uri, on_close=self._libvirt_lost,
+                                     on_lifecycle=self._lifecycle)
         self.journal = Journal(cfg.state_dir, max_entries=cfg.journal_max_entries,
                                max_age=cfg.journal_max_age)
         self.publisher = Publisher(cfg)
         self.executor = KeyedExecutor(cfg.max_concurrent_ops)
+        self.watch = StateWatch(cfg, self.hypervisor, self._publish_event, self.executor.busy,
+                                debounce=debounce, sync_interval=sync_interval)
         self.dispatcher = Dispatcher(cfg, self.hypervisor, self.journal, self.publisher,
-                                     self.executor, self.paths, retry_sleep=retry_sleep)
+                                     self.executor, self.paths, retry_sleep=retry_sleep,
+                                     on_verb_end=self._verb_ended)
         self.consumer = Consumer(cfg, self.dispatcher.deliver,
                                  busy=lambda: self.executor.pending > 0)
-        self._consumer_thread = threading.Thread(target=self._consume, name="consumer",
-                                                 daemon=True)
+        self._threads = [
+            threading.Thread(target=self._consume, name="consumer", daemon=True),
+            threading.Thread(target=self._guard_libvirt, name="libvirt-guard", daemon=True),
+        ]
+        self._libvirt_down = threading.Event()
+        self._lost_reason = ""
+        self._stopping = threading.Event()
         self.stopped = threading.Event()
+        self.libvirt_outages = 0
+
+    # --- wiring callbacks -------------------------------------------------------------
+
+    def _publish_event(self, event: events.Event) -> None:
+        self.publisher.send(self.dispatcher.event_outgoing(event))
+
+    def _lifecycle(self, uuid: str, event: int, detail: int) -> None:
+        self.watch.lifecycle(uuid, event, detail)
+
+    def _verb_ended(self, uuid: str, result: Any) -> None:
+        if isinstance(result, dict) and "power_state" in result:
+            self.watch.observed(uuid, result["power_state"])
+        else:
+            self.watch.schedule(uuid, "sync")  # failed verb: look at what is there now
+
+    def _libvirt_lost(self, reason: str) -> None:
+        # Called from libvirt's event thread or a verb thread: only record.
+        self._lost_reason = reason
+        self._libvirt_down.set()
+
+    # --- threads ---------------------------------------------------------------------------
 
     def _consume(self) -> None:
         try:
@@ -45,6 +83,36 @@ class Service:
             log.exception("consumer_crashed")
             self.stopped.set()
 
+    def _guard_libvirt(self) -> None:
+        """While libvirt is away: take no messages, say so, reconnect, then say so again."""
+        while not self._stopping.is_set():
+            if not self._libvirt_down.wait(0.5) or self._stopping.is_set():
+                continue
+            self.libvirt_outages += 1
+            reason = self._lost_reason or "libvirt connection lost"
+            log.error("libvirt_unavailable_consuming_paused", reason=reason)
+            self.consumer.pause()
+            self.publish_service_status(up=True, disabled_reason=f"libvirt unavailable: {reason}")
+            policy = libvirt_reconnect_policy(self._sleep)
+            try:
+                policy(self._reconnect)
+            except HypervisorUnavailable:
+                continue  # only when stopping
+            self._libvirt_down.clear()
+            self.publish_service_status(up=True, disabled_reason=None)
+            self.watch.sync_now()
+            self.consumer.resume()
+            log.info("libvirt_reconnected_consuming_resumed", uri=self.cfg.libvirt_uri)
+
+    def _reconnect(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._libvirt_down.clear()
+        with self.hypervisor.guard():
+            self.hypervisor.connection().getLibVersion()
+
+    # --- start and stop --------------------------------------------------------------------
+
     def start(self, timeout: float = 30.0) -> None:
         """Connect everything and start consuming; returns once messages are being taken."""
         log.info("worker_starting", host=self.cfg.host, uri=self.cfg.libvirt_uri,
@@ -52,10 +120,12 @@ class Service:
         if not self.hypervisor.alive():
             log.warning("libvirt_not_reached_yet", uri=self.cfg.libvirt_uri)
         self.publisher.start()
-        self._consumer_thread.start()
+        for thread in self._threads:
+            thread.start()
         if not (self.publisher.wait_connected(timeout) and self.consumer.connected.wait(timeout)):
             log.warning("broker_not_reached_yet", timeout=timeout)
         self.publish_service_status(up=True, disabled_reason=None)
+        self.watch.start()
         log.info("worker_started", host=self.cfg.host)
 
     def publish_service_status(self, *, up: bool, disabled_reason: str | None) -> None:
@@ -63,27 +133,27 @@ class Service:
         data = {"host": self.cfg.host, "binary": "compute-worker", "topic": self.cfg.topic,
                 "up": up, "disabled": disabled_reason is not None,
                 "disabled_reason": disabled_reason, "version": __version__}
-        event = events.notification(
+        self._publish_event(events.notification(
             event_type="service.update", payload_name="ServiceStatusPayload", data=data,
-            publisher_id=self.cfg.event_publisher_id, topic=self.cfg.notification_topic)
-        self.publisher.send(self.dispatcher.event_outgoing(event))
-
-    def _libvirt_closed(self, reason: str) -> None:
-        log.warning("libvirt_lost", reason=reason)
+            publisher_id=self.cfg.event_publisher_id, topic=self.cfg.notification_topic))
 
     def stop(self, grace: float = 30.0) -> None:
         """Stop taking messages, finish work in flight within grace, requeue the rest, close."""
         log.info("worker_stopping", in_flight=self.executor.pending, grace_s=grace)
+        self._stopping.set()
         self.consumer.pause()
         self.dispatcher.draining = True
         finished = self.executor.wait_idle(grace)
         if not finished:
             log.warning("stop_grace_expired", still_running=self.executor.pending)
+        # Closing the consuming channel returns every unacked message to the queue.
         self.consumer.stop()
-        self._consumer_thread.join(10)
+        for thread in self._threads:
+            thread.join(10)
+        self.watch.stop()
         self.publish_service_status(up=False, disabled_reason=None)
         self.publisher.stop()
-        self.executor.shutdown()
+        self.executor.shutdown(wait=finished)
         self.journal.close()
         self.hypervisor.close()
         self.stopped.set()

@@ -26,7 +26,8 @@ def test_pause_cast_pauses_domain_and_emits_start_and_end(
     (uid,) = domains(1)
     rpc.cast(cfg.host, "pause_instance", _inst(uid))
     tap.wait_type(uid, "instance.pause.end")
-    assert [e["event_type"] for e in tap.of(uid)] == ["instance.pause.start", "instance.pause.end"]
+    assert ["instance.pause.start", "instance.pause.end"] == [
+        e["event_type"] for e in tap.of(uid) if e["event_type"].startswith("instance.pause.")]
     assert (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER) == domain_state(
         "test:///default", uid)
     end = tap.of(uid, "instance.pause.end")[0]

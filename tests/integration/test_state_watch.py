@@ -1,0 +1,70 @@
+"""State changes nobody asked for become instance.update; our own verbs do not."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import libvirt
+import pytest
+
+from tests.helpers import EventTap, check_event
+from worker.client import RpcClient
+from worker.config import Config
+from worker.service import Service
+
+pytestmark = pytest.mark.integration
+
+
+def _updates(tap: EventTap, uid: str) -> list[dict[str, object]]:
+    return [e["payload"]["nova_object.data"] for e in tap.of(uid, "instance.update")]
+
+
+def test_operator_pause_is_reported_with_old_and_new_state(
+        worker: Service, tap: EventTap, test_driver: libvirt.virConnect,
+        domains: Callable[[int], list[str]]) -> None:
+    """A pause done behind the worker's back (virsh-style) yields instance.update running->paused."""
+    (uid,) = domains(1)
+    tap.wait_for(lambda _: any(d["power_state"] == "running" for d in _updates(tap, uid)))
+    test_driver.lookupByUUIDString(uid).suspend()
+    tap.wait_for(lambda _: any(d["power_state"] == "paused" for d in _updates(tap, uid)))
+    change = [d for d in _updates(tap, uid) if d["power_state"] == "paused"][0]
+    assert ("running", "paused") == (change["old_power_state"], change["power_state"])
+    # The cause names the event when it explains the state seen; when the
+    # watch looked after a later change than its event, it says "sync".
+    assert change["cause"] in ("suspended", "sync")
+    for event in tap.of(uid, "instance.update"):
+        check_event(event)
+
+
+def test_guest_power_off_is_reported_after_the_debounce(
+        worker: Service, tap: EventTap, test_driver: libvirt.virConnect,
+        domains: Callable[[int], list[str]]) -> None:
+    """A domain that stops by itself is reported as shutdown, cause stopped."""
+    (uid,) = domains(1)
+    tap.wait_for(lambda _: any(d["power_state"] == "running" for d in _updates(tap, uid)))
+    test_driver.lookupByUUIDString(uid).destroy()
+    tap.wait_for(lambda _: any(d["old_power_state"] == "running" for d in _updates(tap, uid)))
+    change = [d for d in _updates(tap, uid) if d["old_power_state"] == "running"][0]
+    assert ("shutdown", "stopped") == (change["power_state"], change["vm_state"])
+    assert change["cause"] in ("stopped", "sync")
+
+
+def test_our_own_verbs_are_not_reported_as_updates(
+        worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config,
+        domains: Callable[[int], list[str]]) -> None:
+    """A hard reboot (stop then start inside libvirt) yields reboot events and no instance.update."""
+    (uid,) = domains(1)
+    # The domain appearing (defined, then started) is news: wait until it is told.
+    tap.wait_for(lambda _: any(d["power_state"] == "running" for d in _updates(tap, uid)))
+    before = len(_updates(tap, uid))
+    for _ in range(3):
+        rpc.cast(cfg.host, "reboot_instance", {"instance": {"uuid": uid},
+                                               "reboot_type": "HARD"})
+    rpc.cast(cfg.host, "pause_instance", {"instance": {"uuid": uid}})
+    tap.wait_type(uid, "instance.pause.end")
+    # Give a late lifecycle event time past the debounce to be (wrongly) reported,
+    # and make a full sync compare everything once more.
+    worker.watch.sync_now()
+    time.sleep(1.0)
+    assert before == len(_updates(tap, uid))
