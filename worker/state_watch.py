@@ -1,4 +1,4 @@
-"""State changes nobody asked for: libvirt lifecycle events and a periodic sync -> instance.update."""
+"""State changes nobody asked for: lifecycle events and a periodic sync -> instance.update."""
 
 from __future__ import annotations
 
