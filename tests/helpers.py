@@ -29,7 +29,8 @@ def check_event(event: Event) -> None:
 class EventTap:
     """Collects every event on ``<topic>.*`` of an exchange from a private queue."""
 
-    def __init__(self, url: str, exchange: str, topic: str) -> None:
+    def __init__(self, url: str, exchange: str, topic: str, *, durable: bool = False) -> None:
+        self._durable = durable
         self.events: list[Event] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -42,7 +43,7 @@ class EventTap:
     def _run(self) -> None:
         with Connection(self._url) as conn:
             channel = conn.channel()
-            ex = Exchange(self._exchange, type="topic", durable=False, auto_delete=False)
+            ex = Exchange(self._exchange, type="topic", durable=self._durable, auto_delete=False)
             queue = Queue(f"tap_{uuid.uuid4().hex}", ex, routing_key=f"{self._topic}.*",
                           exclusive=True, auto_delete=True)(channel)
             queue.declare()

@@ -16,7 +16,7 @@ from worker.config import FIELDS, Config
 from worker.errors import ConfigError, WorkerError
 
 CLIENT_OPTIONS = ("transport_url", "control_exchange", "topic", "amqp_durable_queues",
-                  "notification_topic")
+                  "notification_topic", "ssl_ca_file", "signing_key_file")
 
 
 def _add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -91,11 +91,10 @@ def _run(cfg: Config, grace: float) -> int:
 
 
 def _client(ns: argparse.Namespace, cfg: Config) -> int:
-    from kombu import Connection
-
+    from worker.broker import connection_for
     from worker.client import RemoteError, RpcClient, tail_events
 
-    with Connection(cfg.transport_url, connect_timeout=10) as conn:
+    with connection_for(cfg) as conn:
         conn.ensure_connection(max_retries=3)
         if ns.command == "events":
             for event in tail_events(conn, exchange=cfg.control_exchange,

@@ -65,6 +65,19 @@ class Config:
     amqp_durable_queues: bool = _opt(
         False, "durable exchange and queues, persistent messages (oslo's option)"
     )
+    queue_type: str = _opt(
+        "classic", "host queue type; quorum needs amqp_durable_queues",
+        choices=("classic", "quorum"),
+    )
+    quorum_delivery_limit: int = _opt(
+        20, "quorum queues: deliveries before a message is dead-lettered", minimum=1
+    )
+    dead_letter_exchange: str = _opt(
+        "", "exchange that rejected messages go to (and a queue of that name keeps them)"
+    )
+    signing_key_file: str = _opt("", "file with the HMAC-SHA256 key for signed messages")
+    require_signature: bool = _opt(False, "reject messages without a valid signature")
+    ssl_ca_file: str = _opt("", "CA bundle to verify the broker's certificate (amqps://)")
     max_message_bytes: int = _opt(1048576, "larger bodies are rejected", minimum=256)
     soft_reboot_timeout: float = _opt(
         120.0, "seconds a SOFT reboot waits for the guest before a hard one", minimum=0
@@ -162,6 +175,11 @@ def load(
     layered.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values = {name: _coerce(name, raw) for name, raw in layered.items()}
     config = Config(**values)
+    if config.queue_type == "quorum" and not config.amqp_durable_queues:
+        raise ConfigError("option queue_type: quorum queues are durable; "
+                          "set amqp_durable_queues (--durable-queues) too")
+    if config.require_signature and not config.signing_key_file:
+        raise ConfigError("option require_signature: needs signing_key_file")
     if not config.host or any(c in config.host for c in "#* \t"):
         raise ConfigError(f"option host: {config.host!r} cannot be used in a routing key")
     return config

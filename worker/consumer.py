@@ -12,11 +12,11 @@ from kombu import Consumer as KombuConsumer
 from kombu import Message
 
 from worker import logs
+from worker.broker import connection_for
 from worker.config import Config
 from worker.delivery import Delivery, Settlement
-from worker.publisher import connection_for
 from worker.retry import broker_policy
-from worker.topology import rpc_queues
+from worker.topology import declared_only, rpc_queues
 
 log = logs.get(__name__)
 
@@ -62,6 +62,8 @@ class Consumer:
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()
             channel.basic_qos(0, self.cfg.prefetch_count, False)
+            for extra in declared_only(self.cfg):
+                extra(channel).declare()
             queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
             for q in queues:
                 q.declare()
@@ -113,7 +115,8 @@ class Consumer:
             self._settlements.put((generation, message, action))
 
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
-        self._on_delivery(Delivery(body, bool(message.delivery_info.get("redelivered")), settle))
+        self._on_delivery(Delivery(body, bool(message.delivery_info.get("redelivered")), settle,
+                                   dict(message.headers or {})))
 
     def _settle_owed(self) -> None:
         while True:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 Settlement = Literal["ack", "reject", "requeue"]
 Settle = Callable[[Settlement], None]
@@ -18,3 +18,4 @@ class Delivery:
     redelivered: bool
     #: Thread-safe: records the settlement; the consuming thread carries it out.
     settle: Settle
+    headers: dict[str, Any] = field(default_factory=dict)

@@ -12,12 +12,13 @@ import structlog
 
 from handlers.common import describe
 from handlers.registry import API_VERSION, METHODS, Method
-from worker import envelope, events, logs
+from worker import envelope, events, logs, signing
 from worker.config import Config
 from worker.context import Context
 from worker.delivery import Delivery, Settle, Settlement
 from worker.errors import (
     BadMessage,
+    BadSignature,
     HypervisorUnavailable,
     NoSuchMethod,
     UnsupportedVersion,
@@ -70,7 +71,8 @@ class Dispatcher:
     def __init__(self, cfg: Config, hypervisor: Hypervisor, journal: Journal, outbox: Outbox,
                  executor: KeyedExecutor, paths: InstancePaths,
                  retry_sleep: Callable[[float], None] | None = None,
-                 on_verb_end: Callable[[str, Any], None] | None = None) -> None:
+                 on_verb_end: Callable[[str, Any], None] | None = None,
+                 signing_key: bytes | None = None) -> None:
         self.cfg = cfg
         self.hypervisor = hypervisor
         self.journal = journal
@@ -79,6 +81,8 @@ class Dispatcher:
         self.paths = paths
         self._retry_sleep = retry_sleep
         self._on_verb_end = on_verb_end
+        self._signing_key = signing_key
+        self.bad_signatures = 0
         self._lock = threading.Lock()
         # unique_id -> settle functions of every delivery of that message now
         # queued or running: a redelivery joins the run instead of repeating it.
@@ -92,6 +96,8 @@ class Dispatcher:
     def deliver(self, delivery: Delivery) -> None:
         """Accept one delivery: decode it and queue it behind its instance's earlier ones."""
         try:
+            if self._signing_key is not None:
+                self._check_signature(delivery)
             req = envelope.decode_request(delivery.body, self.cfg.max_message_bytes)
         except BadMessage as exc:
             bad = exc  # ``exc`` is unbound when the except block ends; the task runs later
@@ -112,10 +118,20 @@ class Dispatcher:
         self.executor.submit(key, self._guarded(
             req, delivery.settle, lambda: self._handle(req, delivery.settle)))
 
+    def _check_signature(self, delivery: Delivery) -> None:
+        assert self._signing_key is not None
+        try:
+            signing.verify(self._signing_key, delivery.body, delivery.headers.get(signing.HEADER),
+                           required=self.cfg.require_signature)
+        except BadSignature:
+            self.bad_signatures += 1
+            raise
+
     def _guarded(self, req: envelope.Request | None, settle: Settle,
                  task: Callable[[], None]) -> Callable[[], None]:
         """Wrap a task so that even a bug in it settles the message (dead-letters it)."""
         def run() -> None:
+            structlog.contextvars.clear_contextvars()  # nothing bound by the thread's last task
             try:
                 task()
             except Exception:

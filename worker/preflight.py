@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from kombu import Connection
-
+from worker.broker import connection_for
 from worker.config import Config
 from worker.hypervisor import Hypervisor
 
@@ -34,7 +33,7 @@ def run_checks(cfg: Config) -> int:
             print(f"ok   {name}{': ' + detail if detail else ''}")
 
     try:
-        with Connection(cfg.transport_url, connect_timeout=5) as conn:
+        with connection_for(cfg) as conn:
             conn.ensure_connection(max_retries=1, timeout=5)
             report("broker", None, conn.as_uri())
     except Exception as exc:  # any failure here is the answer, not a crash

@@ -12,7 +12,8 @@ from typing import Any
 
 from kombu import Connection, Producer
 
-from worker import envelope, logs
+from worker import envelope, logs, signing
+from worker.broker import connection_for
 from worker.config import Config
 from worker.errors import PublishError
 from worker.journal import Outgoing
@@ -32,20 +33,12 @@ class _Watch:
     due: float = field(default=0.0)
 
 
-def connection_for(cfg: Config, *, confirm: bool) -> Connection:
-    """A kombu connection with heartbeats on (kombu's default negotiates them off)."""
-    options: dict[str, Any] = {"confirm_publish": confirm}
-    if cfg.transport_url.startswith("memory://"):
-        options = {"polling_interval": 0.005}
-    return Connection(cfg.transport_url, heartbeat=cfg.heartbeat, transport_options=options,
-                      connect_timeout=10)
-
-
 class Publisher:
     """Publishes with confirms on its own connection and thread; keeps messages until confirmed."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, signing_key: bytes | None = None) -> None:
         self.cfg = cfg
+        self._key = signing_key
         self._queue: deque[tuple[Outgoing, Future[None]]] = deque()
         self._cond = threading.Condition()
         self._watches: dict[int, _Watch] = {}
@@ -185,10 +178,11 @@ class Publisher:
         conn.heartbeat_check()
 
     def _publish(self, producer: Producer, out: Outgoing) -> None:
+        headers = {signing.HEADER: signing.sign(self._key, out.body)} if self._key else None
         producer.publish(
             out.body, exchange=out.exchange, routing_key=out.routing_key,
             content_type="application/json", content_encoding="utf-8",
-            delivery_mode=2, mandatory=out.mandatory, retry=False,
+            delivery_mode=2, mandatory=out.mandatory, retry=False, headers=headers,
             confirm_timeout=self.cfg.confirm_timeout,
         )
 

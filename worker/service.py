@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker import __version__, events, logs
+from worker import __version__, events, logs, signing
 from worker.config import Config
 from worker.consumer import Consumer
 from worker.dispatcher import Dispatcher
@@ -36,13 +36,14 @@ class Service:
                                      on_lifecycle=self._lifecycle)
         self.journal = Journal(cfg.state_dir, max_entries=cfg.journal_max_entries,
                                max_age=cfg.journal_max_age)
-        self.publisher = Publisher(cfg)
+        key = signing.load_key(cfg.signing_key_file) if cfg.signing_key_file else None
+        self.publisher = Publisher(cfg, signing_key=key)
         self.executor = KeyedExecutor(cfg.max_concurrent_ops)
         self.watch = StateWatch(cfg, self.hypervisor, self._publish_event, self.executor.busy,
                                 debounce=debounce, sync_interval=sync_interval)
         self.dispatcher = Dispatcher(cfg, self.hypervisor, self.journal, self.publisher,
                                      self.executor, self.paths, retry_sleep=retry_sleep,
-                                     on_verb_end=self._verb_ended)
+                                     on_verb_end=self._verb_ended, signing_key=key)
         self.consumer = Consumer(cfg, self.dispatcher.deliver,
                                  busy=lambda: self.executor.pending > 0)
         self._threads = [

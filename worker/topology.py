@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kombu import Exchange, Queue
 
 from worker.config import Config
@@ -20,17 +22,39 @@ def control_exchange(cfg: Config) -> Exchange:
                     auto_delete=False)
 
 
+def rpc_queue_arguments(cfg: Config) -> dict[str, Any]:
+    """x-arguments of the RPC queues: queue type and dead-lettering."""
+    # A queue re-declared with other arguments is refused (406): changing
+    # these on a live deployment means deleting the queue first.
+    args: dict[str, Any] = {}
+    if cfg.queue_type == "quorum":
+        args["x-queue-type"] = "quorum"
+        args["x-delivery-limit"] = cfg.quorum_delivery_limit
+    if cfg.dead_letter_exchange:
+        args["x-dead-letter-exchange"] = cfg.dead_letter_exchange
+    return args
+
+
 def host_queue(cfg: Config) -> Queue:
     """``<topic>.<host>``: what a scheduler casts to for this host."""
     name = f"{cfg.topic}.{cfg.host}"
     return Queue(name, control_exchange(cfg), routing_key=name, durable=cfg.amqp_durable_queues,
-                 auto_delete=False)
+                 auto_delete=False, queue_arguments=rpc_queue_arguments(cfg) or None)
 
 
 def shared_queue(cfg: Config) -> Queue:
     """``<topic>``: shared by every worker of the topic (off unless asked for)."""
     return Queue(cfg.topic, control_exchange(cfg), routing_key=cfg.topic,
-                 durable=cfg.amqp_durable_queues, auto_delete=False)
+                 durable=cfg.amqp_durable_queues, auto_delete=False,
+                 queue_arguments=rpc_queue_arguments(cfg) or None)
+
+
+def dead_letter_queue(cfg: Config) -> Queue | None:
+    """The queue that keeps rejected messages, when a dead-letter exchange is set."""
+    if not cfg.dead_letter_exchange:
+        return None
+    exchange = Exchange(cfg.dead_letter_exchange, type="fanout", durable=True, auto_delete=False)
+    return Queue(cfg.dead_letter_exchange, exchange, durable=True, auto_delete=False)
 
 
 def fanout_exchange(cfg: Config) -> Exchange:
@@ -51,6 +75,12 @@ def rpc_queues(cfg: Config, fanout_unique: str) -> list[Queue]:
     if cfg.shared_queue:
         queues.append(shared_queue(cfg))
     return queues
+
+
+def declared_only(cfg: Config) -> list[Queue]:
+    """Queues the worker declares but does not consume."""
+    dlq = dead_letter_queue(cfg)
+    return [dlq] if dlq is not None else []
 
 
 def notification_queues(cfg: Config) -> list[Queue]:
