@@ -1,0 +1,123 @@
+"""The compute-worker command as a user runs it: run, check, cast, call, events, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import EventTap, check_event
+from worker.config import Config
+
+pytestmark = pytest.mark.integration
+CLI = [sys.executable, "-m", "worker.cli"]
+TEST_DOMAIN = "6695eb01-f6a4-8304-79aa-97f2502e193f"  # test:///default's own domain
+
+
+def _client_flags(cfg: Config) -> list[str]:
+    return ["--transport-url", cfg.transport_url, "--control-exchange", cfg.control_exchange,
+            "--notification-topic", cfg.notification_topic]
+
+
+def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def config_file(cfg: Config, tmp_path: Path) -> Path:
+    """An INI file with cfg's values, as an operator would write it."""
+    path = tmp_path / "compute-worker.conf"
+    path.write_text(
+        "[compute_worker]\n"
+        f"host = {cfg.host}\ntransport_url = {cfg.transport_url}\n"
+        f"control_exchange = {cfg.control_exchange}\n"
+        f"notification_topic = {cfg.notification_topic}\nvirt_type = test\n"
+        f"instances_path = {cfg.instances_path}\nstate_dir = {cfg.state_dir}\n")
+    return path
+
+
+def test_run_serves_calls_and_stops_cleanly_on_sigterm(
+        cfg: Config, tap: EventTap, config_file: Path) -> None:
+    """A worker started from an INI file answers cast and call, and exits 0 on SIGTERM."""
+    proc = subprocess.Popen(CLI + ["run", "--config", str(config_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        tap.wait_for(lambda evs: any(e["event_type"] == "service.update" for e in evs))
+        cast = _run(["cast", cfg.host, "pause_instance", "--args",
+                     json.dumps({"instance": {"uuid": TEST_DOMAIN}}), *_client_flags(cfg)])
+        assert 0 == cast.returncode, cast.stderr
+        tap.wait_type(TEST_DOMAIN, "instance.pause.end")
+        call = _run(["call", cfg.host, "get_instance_info", "--args",
+                     json.dumps({"instance": {"uuid": TEST_DOMAIN}}), *_client_flags(cfg)])
+        assert 0 == call.returncode, call.stderr
+        assert "paused" == json.loads(call.stdout)["power_state"]
+        missing = _run(["call", cfg.host, "get_instance_info", "--args",
+                        json.dumps({"instance": {"uuid": "0" * 8 + "-0000-4000-8000-" + "0" * 12}}),
+                        *_client_flags(cfg)])
+        assert 1 == missing.returncode
+        assert "InstanceNotFound" == json.loads(missing.stdout)["failure"]["class"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert 0 == proc.returncode, stderr[-2000:]
+    statuses = tap.wait_for(lambda evs: any(
+        e["event_type"] == "service.update" and not e["payload"]["nova_object.data"]["up"]
+        for e in evs))
+    ups = [e["payload"]["nova_object.data"]["up"] for e in statuses
+           if e["event_type"] == "service.update"]
+    assert [True, False] == ups
+    for event in statuses:
+        check_event(event)
+    assert any(json.loads(line).get("event") == "worker_stopped"
+               for line in stderr.splitlines() if line.startswith("{"))
+
+
+def test_events_command_prints_json_lines(cfg: Config, config_file: Path) -> None:
+    """`compute-worker events` prints each event as one JSON line."""
+    events = subprocess.Popen(CLI + ["events", "--timeout", "8", *_client_flags(cfg)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # let it bind its queue before the worker starts
+    worker = subprocess.Popen(CLI + ["run", "--config", str(config_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out, _ = events.communicate(timeout=30)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert "service.update" in [e["event_type"] for e in lines]
+
+
+def test_check_reports_each_problem_on_one_line(cfg: Config, tmp_path: Path) -> None:
+    """check says FAIL for an unreachable broker and an unwritable directory, and exits 1."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = _run(["check", "--transport-url", "amqp://guest:guest@127.0.0.1:1//",
+                   "--virt-type", "test", "--instances-path", str(blocker / "x"),
+                   "--state-dir", str(tmp_path / "state")])
+    assert 1 == result.returncode
+    lines = result.stdout.splitlines()
+    assert ["FAIL", "ok", "FAIL", "ok"] == [line.split()[0] for line in lines]
+    assert ["broker", "libvirt", "instances_path", "state_dir"] == [
+        line.split()[1].rstrip(":") for line in lines]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--max-concurrent-ops", "0"], "max_concurrent_ops"),
+    (["run", "--heartbeat", "soon"], "heartbeat"),
+    (["run", "--queue-type", "quorum"], "quorum queues are durable"),
+    (["run", "--config", "/nonexistent.conf"], "/nonexistent.conf"),
+])
+def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None:
+    """A wrong option value is one line on stderr and exit status 2, not a traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_WORKER_")}
+    result = subprocess.run(CLI + args, capture_output=True, text=True, timeout=30, env=env)
+    assert 2 == result.returncode
+    assert 1 == len(result.stderr.strip().splitlines())
+    assert message in result.stderr
