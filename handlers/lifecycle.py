@@ -6,32 +6,41 @@ from handlers.common import Args, Result, describe, find_guest, instance_uuid
 from worker import logs
 from worker import power_state as ps
 from worker.context import Context
-from worker.errors import InstanceInvalidState, InstanceNotFound, OperationTimeout
+from worker.errors import InstanceInvalidState, InstanceNotFound
 from worker.guest import Guest
 
 log = logs.get(__name__)
-_ON = (ps.RUNNING, ps.PAUSED)
+
+# "On or off" is decided by isActive(), not by the wire power_state: libvirt's
+# VIR_DOMAIN_SHUTDOWN ("being shut down") maps to "shutdown" on the wire while
+# QEMU still runs, and a domain in that window must still be powered off.
+
+
+def _suspended(guest: Guest) -> bool:
+    return not guest.is_active() and guest.has_managed_save()
 
 
 def _hard_reboot(guest: Guest) -> None:
     # The original re-created the domain from its live XML; a persistent
     # domain starts again from its definition, which is that same config.
-    if guest.power_state() != ps.SHUTDOWN:
+    if guest.is_active():
         guest.power_off()
     if guest.has_managed_save():
-        guest.discard_saved_state()
+        guest.discard_saved_state()  # HARD asks for a fresh boot, saved memory included
     guest.start()
 
 
 def reboot_instance(ctx: Context, args: Args) -> Result:
     """SOFT: ask the guest to shut down, wait, start; fall back to HARD on timeout."""
     guest = find_guest(ctx, args)
-    if args.get("reboot_type", "SOFT") == "SOFT" and guest.power_state() == ps.RUNNING:
-        guest.shutdown()
-        try:
-            guest.wait_for({ps.SHUTDOWN, ps.CRASHED}, ctx.config.soft_reboot_timeout)
-        except OperationTimeout:
-            log.warning("soft_reboot_timed_out", timeout=ctx.config.soft_reboot_timeout)
+    if args.get("reboot_type", "SOFT") == "SOFT":
+        if _suspended(guest):
+            # A soft reboot must not throw away the saved memory of a suspended guest.
+            raise InstanceInvalidState("instance is suspended: resume it, or reboot HARD")
+        if guest.power_state() == ps.RUNNING:
+            guest.shutdown()
+            if not guest.wait_off(ctx.config.soft_reboot_timeout):
+                log.warning("soft_reboot_timed_out", timeout=ctx.config.soft_reboot_timeout)
     _hard_reboot(guest)
     return describe(guest)
 
@@ -39,15 +48,13 @@ def reboot_instance(ctx: Context, args: Args) -> Result:
 def stop_instance(ctx: Context, args: Args) -> Result:
     """Power off: a clean shutdown within a timeout, then pull the plug."""
     guest = find_guest(ctx, args)
-    if guest.power_state() in _ON:
+    if guest.is_active():
         if args.get("clean_shutdown", True) and guest.power_state() == ps.RUNNING:
             timeout = float(args.get("timeout", ctx.config.shutdown_timeout))
             guest.shutdown()
-            try:
-                guest.wait_for({ps.SHUTDOWN}, timeout)
-            except OperationTimeout:
+            if not guest.wait_off(timeout):
                 log.warning("clean_shutdown_timed_out", timeout=timeout)
-        if guest.power_state() != ps.SHUTDOWN:
+        if guest.is_active():
             guest.power_off()
     return describe(guest)
 
@@ -56,14 +63,14 @@ def start_instance(ctx: Context, args: Args) -> Result:
     """Power on a stopped instance; running is success, a suspended one needs resume."""
     guest = find_guest(ctx, args)
     current = guest.power_state()
-    if current == ps.SHUTDOWN:
+    if not guest.is_active():
         if guest.has_managed_save():
             raise InstanceInvalidState("instance is suspended: resume it instead")
         guest.start()
     elif current == ps.CRASHED:
         guest.power_off()
         guest.start()
-    elif current not in _ON:
+    elif current not in (ps.RUNNING, ps.PAUSED):
         raise InstanceInvalidState(f"cannot start an instance that is {current}")
     return describe(guest)
 
@@ -78,7 +85,7 @@ def terminate_instance(ctx: Context, args: Args) -> Result:
         guest = None  # already gone: still clean up what is left on disk
     if guest is not None:
         name = guest.name
-        if guest.power_state() != ps.SHUTDOWN:
+        if guest.is_active():
             guest.power_off()
         if guest.is_persistent():
             guest.undefine()

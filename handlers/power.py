@@ -36,7 +36,7 @@ def suspend_instance(ctx: Context, args: Args) -> Result:
     current = guest.power_state()
     if current in (ps.RUNNING, ps.PAUSED):
         guest.save_to_disk()
-    elif not (current == ps.SHUTDOWN and guest.has_managed_save()):
+    elif guest.is_active() or not guest.has_managed_save():
         raise InstanceInvalidState(f"cannot suspend an instance that is {current}")
     return describe(guest)
 
@@ -45,7 +45,7 @@ def resume_instance(ctx: Context, args: Args) -> Result:
     """Restore a suspended instance from its saved image; a running one is success."""
     guest = find_guest(ctx, args)
     current = guest.power_state()
-    if current == ps.SHUTDOWN and guest.has_managed_save():
+    if not guest.is_active() and guest.has_managed_save():
         guest.start()
     elif current != ps.RUNNING:
         raise InstanceInvalidState(f"cannot resume an instance that is {current}, not suspended")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import math
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -125,6 +126,8 @@ def _coerce(name: str, raw: Any) -> Any:
         value = _converter(f)(raw) if isinstance(raw, str) else raw
     except ValueError as exc:
         raise ConfigError(f"option {name}: {exc}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"option {name}: {raw!r} is not a finite number")
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"option {name}: {value!r} is not one of {', '.join(choices)}")

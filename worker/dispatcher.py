@@ -20,6 +20,7 @@ from worker.errors import (
     BadMessage,
     BadSignature,
     HypervisorUnavailable,
+    InvalidEnvelope,
     NoSuchMethod,
     UnsupportedVersion,
     WorkerError,
@@ -99,7 +100,10 @@ class Dispatcher:
             if self._signing_key is not None:
                 self._check_signature(delivery)
             req = envelope.decode_request(delivery.body, self.cfg.max_message_bytes)
-        except BadMessage as exc:
+        except Exception as exc:  # a decoder bug must not stall the queue either
+            if not isinstance(exc, BadMessage):
+                log.exception("decode_crashed")
+                exc = InvalidEnvelope(f"undecodable message ({type(exc).__name__})")
             bad = exc  # ``exc`` is unbound when the except block ends; the task runs later
             self.executor.submit(("bad", next(_unordered)), self._guarded(
                 None, delivery.settle, lambda: self._reject(None, bad, [delivery.settle])))
@@ -228,7 +232,8 @@ class Dispatcher:
                  error: BaseException | None = None) -> list[Outgoing]:
         out: list[Outgoing] = []
         if method.action:
-            state = result if isinstance(result, dict) else {}
+            # An error event still says what state the instance is in now.
+            state = result if isinstance(result, dict) else self._peek(req)
             out.append(self._instance_event(req, method.action, "error" if error else "end",
                                             state, error))
         if req.is_call:

@@ -12,7 +12,7 @@ from worker.errors import InvalidEnvelope, MessageTooLarge, WorkerError
 
 OSLO_VERSION = "2.0"
 _METHOD = re.compile(r"[a-z_][a-z0-9_]{0,63}\Z")
-_VERSION = re.compile(r"(\d{1,4})\.(\d{1,4})\Z")
+_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})\Z")
 # AMQP short strings (queue names, routing keys) are at most 255 bytes.
 _SHORTSTR = 255
 
@@ -51,9 +51,23 @@ class Request:
         return None
 
 
+def _no_constants(name: str) -> Any:
+    # Python's json takes NaN and Infinity, which JSON itself does not have;
+    # a NaN timeout would compare false with every bound and wait forever.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _utf8_len(value: str) -> int | None:
+    """Length in UTF-8 bytes; None for text that cannot be sent (lone surrogates)."""
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:
+        return None
+
+
 def _loads(data: bytes | str, what: str) -> Any:
     try:
-        return json.loads(data)
+        return json.loads(data, parse_constant=_no_constants)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEnvelope(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
@@ -63,9 +77,11 @@ def _loads(data: bytes | str, what: str) -> Any:
 def _short(value: Any, name: str, partial: dict[str, Any]) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value.encode()) > _SHORTSTR:
-        raise InvalidEnvelope(f"{name} must be a non-empty string of at most 255 bytes", **partial)
-    return value
+    size = _utf8_len(value) if isinstance(value, str) else None
+    if size is None or not 0 < size <= _SHORTSTR or "\x00" in value:
+        raise InvalidEnvelope(f"{name} must be a non-empty string of at most 255 bytes",
+                              **partial)
+    return str(value)
 
 
 def _partial(inner: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +90,8 @@ def _partial(inner: dict[str, Any]) -> dict[str, Any]:
     for key, name in (("_msg_id", "msg_id"), ("_reply_q", "reply_q"), ("_unique_id", "unique_id"),
                       ("method", "method"), ("_context_request_id", "request_id")):
         value = inner.get(key)
-        if isinstance(value, str) and 0 < len(value.encode()) <= _SHORTSTR and "\x00" not in value:
+        if isinstance(value, str) and 0 < (_utf8_len(value) or 0) <= _SHORTSTR \
+                and "\x00" not in value:
             out[name] = value
     return out
 
@@ -123,6 +140,8 @@ def decode_request(body: bytes | str, max_bytes: int) -> Request:
     msg_id = _short(inner.get("_msg_id"), "_msg_id", partial)
     reply_q = _short(inner.get("_reply_q"), "_reply_q", partial)
     unique_id = _short(inner.get("_unique_id"), "_unique_id", partial)
+    # The request id is echoed into every event and log line: it must be sane.
+    _short(inner.get("_context_request_id"), "_context_request_id", partial)
     context = {k[len("_context_"):]: v for k, v in inner.items() if k.startswith("_context_")}
     return Request(
         method=method, args=args, version=version, namespace=namespace, unique_id=unique_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -48,6 +49,10 @@ class Guest:
     def power_state(self) -> str:
         """The wire power_state."""
         return power_state.from_libvirt(self.state()[0])
+
+    def is_active(self) -> bool:
+        """True while QEMU (or the driver's equivalent) runs, shutting down included."""
+        return bool(self._call(self._dom.isActive))
 
     def has_managed_save(self) -> bool:
         """True when a managed-save image waits to be restored (our *suspended*)."""
@@ -108,9 +113,23 @@ class Guest:
             flags |= libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
         self._call(self._dom.undefineFlags, flags)
 
+    def wait_off(self, timeout: float, interval: float = 0.1,
+                 sleep: Callable[[float], None] = time.sleep) -> bool:
+        """Poll until the domain is inactive; False if it still runs after timeout seconds."""
+        if not math.isfinite(timeout):
+            raise ValueError(f"timeout must be finite, got {timeout}")
+        deadline = time.monotonic() + timeout
+        while self.is_active():
+            if time.monotonic() >= deadline:
+                return False
+            sleep(interval)
+        return True
+
     def wait_for(self, targets: set[str], timeout: float, interval: float = 0.1,
                  sleep: Callable[[float], None] = time.sleep) -> str:
         """Poll until power_state is one of targets; OperationTimeout after timeout seconds."""
+        if not math.isfinite(timeout):
+            raise ValueError(f"timeout must be finite, got {timeout}")
         deadline = time.monotonic() + timeout
         while True:
             current = self.power_state()

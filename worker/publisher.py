@@ -1,8 +1,13 @@
-"""The publishing side: one thread owns a producer connection; others hand it messages."""
+"""The publishing side: one thread owns a producer connection; others hand it messages.
+
+Confirms are pipelined: the thread publishes whatever is queued, then reads
+the broker's acks (which may cover many messages at once) instead of waiting
+for each message in turn. A message's future resolves only on its ack; what is
+unconfirmed when the connection drops is published again on the next one.
+"""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import deque
@@ -21,6 +26,9 @@ from worker.retry import broker_policy
 from worker.topology import control_exchange, notification_queues
 
 log = logs.get(__name__)
+Item = tuple[Outgoing, "Future[None]"]
+# Publish at most this many before reading acks, so acks never pile up unread.
+BATCH = 256
 
 
 @dataclass
@@ -33,13 +41,40 @@ class _Watch:
     due: float = field(default=0.0)
 
 
+class _Unconfirmed:
+    """Published, not yet acked: delivery tag -> (item, when published)."""
+
+    def __init__(self) -> None:
+        self.items: dict[int, tuple[Item, float]] = {}
+        self.next_tag = 1
+
+    def add(self, item: Item) -> None:
+        self.items[self.next_tag] = (item, time.monotonic())
+        self.next_tag += 1
+
+    def settle(self, tag: int, multiple: bool, error: str | None) -> None:
+        tags = [t for t in self.items if t <= tag] if multiple else [tag]
+        for t in tags:
+            entry = self.items.pop(t, None)
+            if entry is None:
+                continue
+            future = entry[0][1]
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(PublishError(error))
+
+    def oldest(self) -> float | None:
+        return min((at for _, at in self.items.values()), default=None)
+
+
 class Publisher:
-    """Publishes with confirms on its own connection and thread; keeps messages until confirmed."""
+    """Publishes with pipelined confirms on its own connection and thread."""
 
     def __init__(self, cfg: Config, signing_key: bytes | None = None) -> None:
         self.cfg = cfg
         self._key = signing_key
-        self._queue: deque[tuple[Outgoing, Future[None]]] = deque()
+        self._queue: deque[Item] = deque()
         self._cond = threading.Condition()
         self._watches: dict[int, _Watch] = {}
         self._watch_ids = 0
@@ -91,60 +126,75 @@ class Publisher:
 
     def _run(self) -> None:
         policy = broker_policy(event="publisher_reconnect_wait")
-        while True:
-            with self._cond:
-                if self._stopping and not self._queue:
-                    return
-            try:
-                policy(self._serve)
-                return
-            except Exception:  # never reached: the policy retries forever
-                log.exception("publisher_gave_up")
-                return
+        policy(self._serve)
 
     def _serve(self) -> None:
-        with connection_for(self.cfg, confirm=True) as conn:
+        with connection_for(self.cfg) as conn:
             conn.ensure_connection(max_retries=1)
             channel = conn.channel()
-            exchange = control_exchange(self.cfg)
-            exchange(channel).declare()
+            control_exchange(self.cfg)(channel).declare()
             for queue in notification_queues(self.cfg):
                 queue(channel).declare()
+            confirms = conn.transport.driver_type != "memory"
+            unconfirmed = _Unconfirmed()
+            if confirms:
+                channel.confirm_select()
+                channel.events["basic_ack"].add(
+                    lambda tag, multiple: unconfirmed.settle(tag, multiple, None))
+                channel.events["basic_nack"].add(
+                    lambda tag, multiple: unconfirmed.settle(tag, multiple, "nacked by broker"))
             producer = Producer(channel, on_return=self._returned)
             self._connected.set()
-            log.info("publisher_connected", url=conn.as_uri())
-            while True:
-                item = self._next(conn, producer)
-                if item is None:
+            log.info("publisher_connected", url=conn.as_uri(), confirms=confirms)
+            try:
+                self._pump(conn, producer, unconfirmed if confirms else None)
+            except BaseException:
+                # Not confirmed on this connection: first in line on the next one.
+                with self._cond:
+                    self._queue.extendleft(reversed([i for i, _ in unconfirmed.items.values()]))
+                raise
+
+    def _pump(self, conn: Connection, producer: Producer, unconfirmed: _Unconfirmed | None) -> None:
+        while True:
+            with self._cond:
+                if not self._queue and not (unconfirmed and unconfirmed.items):
                     if self._stopping:
                         return
-                    continue
-                out, future = item
+                    self._cond.wait(self._idle_wait())
+                batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+                for watch in self._due_watches():
+                    body = envelope.reply(watch.msg_id, ending=False)
+                    # Nobody waits for a heartbeat's confirm, but it takes a delivery tag.
+                    batch.append((Outgoing("", watch.reply_q, body, True), Future()))
+            for index, item in enumerate(batch):
                 try:
-                    self._publish(producer, out)
-                except conn.connection_errors + (socket.timeout, OSError):
-                    with self._cond:  # not confirmed: keep it, first in line
-                        self._queue.appendleft(item)
+                    self._publish(producer, item[0])
+                except BaseException:
+                    with self._cond:  # not sent: back to the front, in order
+                        self._queue.extendleft(reversed(batch[index:]))
                     raise
-                except Exception as exc:  # a refusal that a retry would not fix
-                    log.error("publish_refused", routing_key=out.routing_key, error=str(exc))
-                    future.set_exception(PublishError(str(exc)))
-                    continue
                 self.published += 1
-                future.set_result(None)
+                if unconfirmed is not None:
+                    unconfirmed.add(item)
+                else:
+                    item[1].set_result(None)
+            if unconfirmed is not None:
+                self._read_acks(conn, unconfirmed, more_queued=bool(self._queue))
 
-    def _next(self, conn: Connection,
-              producer: Producer) -> tuple[Outgoing, Future[None]] | None:
-        with self._cond:
-            if not self._queue and not self._stopping:
-                self._cond.wait(self._idle_wait())
-            item = self._queue.popleft() if self._queue else None
-            due = self._due_watches()
-        for watch in due:
-            self._heartbeat(producer, watch)
-        if item is None:
-            self._keep_alive(conn)
-        return item
+    def _read_acks(self, conn: Connection, unconfirmed: _Unconfirmed, more_queued: bool) -> None:
+        # Read what the broker sent (acks, returns, heartbeats). Wait a little
+        # when acks are owed and nothing else is queued; never long.
+        wait = 0.0 if more_queued else (0.01 if unconfirmed.items else 0.0)
+        try:
+            conn.drain_events(timeout=wait or 0.0001)
+            while True:  # everything already buffered, without waiting again
+                conn.drain_events(timeout=0.0001)
+        except TimeoutError:
+            pass
+        conn.heartbeat_check()
+        oldest = unconfirmed.oldest()
+        if oldest is not None and time.monotonic() - oldest > self.cfg.confirm_timeout:
+            raise ConnectionError(f"no confirm within {self.cfg.confirm_timeout}s")
 
     def _idle_wait(self) -> float:
         wait = 1.0
@@ -162,28 +212,12 @@ class Publisher:
                 due.append(watch)
         return due
 
-    def _heartbeat(self, producer: Producer, watch: _Watch) -> None:
-        body = envelope.reply(watch.msg_id, ending=False)
-        self._publish(producer, Outgoing("", watch.reply_q, body, True))
-
-    def _keep_alive(self, conn: Connection) -> None:
-        # Read what the broker sent (heartbeats, returns) so heartbeat_check
-        # does not take our own silence for the broker's.
-        if conn.transport.driver_type == "memory":
-            return
-        try:
-            conn.drain_events(timeout=0.001)
-        except TimeoutError:
-            pass
-        conn.heartbeat_check()
-
     def _publish(self, producer: Producer, out: Outgoing) -> None:
         headers = {signing.HEADER: signing.sign(self._key, out.body)} if self._key else None
         producer.publish(
             out.body, exchange=out.exchange, routing_key=out.routing_key,
             content_type="application/json", content_encoding="utf-8",
             delivery_mode=2, mandatory=out.mandatory, retry=False, headers=headers,
-            confirm_timeout=self.cfg.confirm_timeout,
         )
 
     def _returned(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:

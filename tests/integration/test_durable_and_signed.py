@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,10 +61,14 @@ def test_quorum_queue_serves_and_dead_letters_rejects(
         tap.wait_type(uid, "instance.pause.end")
         junk = _cast(cfg, "", {}, body=b"this is not json")
         tap.wait_for(lambda evs: any(e["event_type"] == "rpc_message.reject.error" for e in evs))
+        # The error event goes out before the reject: poll the dead-letter queue.
         with Connection(cfg.transport_url) as conn:
             channel = conn.channel()
+            deadline = time.monotonic() + 10
+            while (dead := Queue(cfg.dead_letter_exchange, channel=channel).get(
+                    no_ack=True)) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
             args = channel.queue_declare(host_queue(cfg).name, passive=True)
-            dead = Queue(cfg.dead_letter_exchange, channel=channel).get(no_ack=True)
         assert 0 == args.message_count
         assert dead is not None
         assert junk == (dead.body if isinstance(dead.body, bytes) else dead.body.encode())

@@ -1,0 +1,175 @@
+"""End-to-end tools: the QEMU domain type, tiny no-OS domains, and verbs cast with event checks."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+from tests.helpers import Event, EventTap, check_event
+from worker.client import RpcClient
+from worker.config import Config
+from worker.domain_xml import DomainSpec, domain, to_string
+
+QEMU_URI = "qemu:///system"
+NAME_PREFIX = "cw-e2e-"
+#: Where libvirt's QEMU driver keeps managed-save images (<name>.save).
+MANAGED_SAVE_DIR = "/var/lib/libvirt/qemu/save"
+
+_KVM_GET_API_VERSION = 0xAE00
+_KVM_CREATE_VM = 0xAE01
+_KVM_API_VERSION = 12
+
+
+def kvm_works(conn: libvirt.virConnect) -> bool:
+    """True when /dev/kvm exists, answers the KVM API and libvirt offers kvm domains."""
+    if not os.path.exists("/dev/kvm"):
+        return False
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if fcntl.ioctl(fd, _KVM_GET_API_VERSION) != _KVM_API_VERSION:
+            return False
+        os.close(fcntl.ioctl(fd, _KVM_CREATE_VM, 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    try:
+        conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Vm:
+    """A test domain: its UUID and name, and the args that name it in a message."""
+
+    uuid: str
+    name: str
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """``{"instance": {...}}`` as a scheduler sends it."""
+        return {"instance": {"uuid": self.uuid, "name": self.name}}
+
+    @property
+    def save_image(self) -> str:
+        """Path of its managed-save image on the QEMU driver."""
+        return os.path.join(MANAGED_SAVE_DIR, f"{self.name}.save")
+
+
+def define_vm(conn: libvirt.virConnect, domain_type: str) -> Vm:
+    """Define a 64 MiB, 1 vCPU domain with no OS and a unique name and UUID (not started)."""
+    uid = str(uuid.uuid4())
+    vm = Vm(uid, f"{NAME_PREFIX}{uid[:13]}")
+    spec = DomainSpec(name=vm.name, uuid=vm.uuid, memory_mib=64, vcpus=1,
+                      domain_type=domain_type)
+    conn.defineXML(to_string(domain(spec)))
+    return vm
+
+
+def remove_vm(conn: libvirt.virConnect, uid: str) -> None:
+    """Destroy, drop the managed-save image and undefine a domain if it is still there."""
+    try:
+        dom = conn.lookupByUUIDString(uid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        raise
+    if dom.isActive():
+        dom.destroy()
+    if dom.hasManagedSaveImage(0):
+        dom.managedSaveRemove(0)
+    if dom.isPersistent():
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                          | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+
+@dataclass(frozen=True)
+class VerbRun:
+    """What one cast produced: its start and end (or error) events and how long it took."""
+
+    start: Event
+    end: Event
+    elapsed: float
+
+    @property
+    def before(self) -> dict[str, Any]:
+        """Payload data of the start event."""
+        data: dict[str, Any] = self.start["payload"]["nova_object.data"]
+        return data
+
+    @property
+    def after(self) -> dict[str, Any]:
+        """Payload data of the end (or error) event."""
+        data: dict[str, Any] = self.end["payload"]["nova_object.data"]
+        return data
+
+
+def states(data: dict[str, Any]) -> tuple[Any, Any]:
+    """(power_state, vm_state) of an event payload or a get_instance_info result."""
+    return data["power_state"], data["vm_state"]
+
+
+def of_request(events: list[Event], request_id: str) -> list[Event]:
+    """Events caused by one request, in arrival order."""
+    return [e for e in events
+            if e["payload"]["nova_object.data"].get("request_id") == request_id]
+
+
+def check_all(tap: EventTap) -> None:
+    """Validate every event the tap has seen (service.update included) against schemas/."""
+    for event in tap.wait_for(lambda _: True):
+        check_event(event)
+
+
+class Verbs:
+    """Casts verbs at Vms through the broker and checks the start and end events each causes."""
+
+    def __init__(self, rpc: RpcClient, tap: EventTap, cfg: Config) -> None:
+        self.rpc, self.tap, self.cfg = rpc, tap, cfg
+
+    def cast(self, vm: Vm, method: str, **extra: Any) -> str:
+        """Send one cast; its request_id (which every event it causes carries)."""
+        sent = self.rpc.cast(self.cfg.host, method, {**vm.args, **extra})
+        return str(sent["_context_request_id"])
+
+    def wait(self, vm: Vm, request_id: str, action: str, *, phase: str = "end",
+             timeout: float = 60.0) -> list[Event]:
+        """The start and end (or error) events of one request, each checked."""
+        finals = {f"instance.{action}.end", f"instance.{action}.error"}
+        seen = self.tap.wait_for(lambda events: any(
+            e["event_type"] in finals for e in of_request(events, request_id)), timeout)
+        events = of_request(seen, request_id)
+        assert [f"instance.{action}.start", f"instance.{action}.{phase}"] == [
+            e["event_type"] for e in events], action
+        for event in events:
+            check_event(event)
+            data = event["payload"]["nova_object.data"]
+            assert (vm.uuid, self.cfg.host, action) == (data["uuid"], data["host"],
+                                                        data["action"])
+            assert self.cfg.event_publisher_id == event["publisher_id"]
+        start, end = events
+        assert "INFO" == start["priority"]
+        assert ("ERROR" if phase == "error" else "INFO") == end["priority"]
+        assert None is start["payload"]["nova_object.data"]["fault"]
+        if phase == "end":
+            assert None is end["payload"]["nova_object.data"]["fault"]
+        return events
+
+    def __call__(self, vm: Vm, method: str, action: str, *, phase: str = "end",
+                 timeout: float = 60.0, **extra: Any) -> VerbRun:
+        """Cast method at vm, wait for its end (or error) event; the run, timed."""
+        begun = time.monotonic()
+        request_id = self.cast(vm, method, **extra)
+        start, end = self.wait(vm, request_id, action, phase=phase, timeout=timeout)
+        return VerbRun(start, end, time.monotonic() - begun)

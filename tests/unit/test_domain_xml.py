@@ -1,0 +1,113 @@
+"""Domain XML built with lxml: golden output, and names that cannot inject markup."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from lxml import etree
+
+from tests.unit.support import PROPERTY, UUID
+from worker.domain_xml import DomainSpec, disk, domain, to_string
+
+GOLDEN = f"""
+<domain type="kvm">
+  <name>vm1</name>
+  <uuid>{UUID}</uuid>
+  <memory unit="MiB">64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch="x86_64">hvm</type><boot dev="hd"/></os>
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type="file" device="disk">
+      <driver name="qemu" type="qcow2"/>
+      <source file="/srv/instances/{UUID}/disk"/>
+      <target dev="vda" bus="virtio"/>
+    </disk>
+    <disk type="file" device="disk">
+      <driver name="qemu" type="qcow2"/>
+      <source file="/srv/instances/{UUID}/swap"/>
+      <target dev="vdb" bus="virtio"/>
+    </disk>
+  </devices>
+</domain>
+"""
+
+
+def canonical(xml: str) -> bytes:
+    """C14N of xml with the whitespace between elements dropped."""
+    parser = etree.XMLParser(remove_blank_text=True)
+    return bytes(etree.tostring(etree.fromstring(xml, parser), method="c14n"))
+
+
+def test_domain_matches_the_golden_xml() -> None:
+    """A two-disk spec serializes to the golden domain, compared canonically."""
+    spec = DomainSpec(name="vm1", uuid=UUID, disks=(f"/srv/instances/{UUID}/disk",
+                                                    f"/srv/instances/{UUID}/swap"))
+
+    assert canonical(GOLDEN) == canonical(to_string(domain(spec)))
+
+
+def test_spec_values_reach_their_elements() -> None:
+    """Memory, vCPUs, domain type and arch come from the spec."""
+    spec = DomainSpec(name="big", uuid=UUID, memory_mib=2048, vcpus=4, domain_type="qemu",
+                      arch="aarch64")
+
+    root = etree.fromstring(to_string(domain(spec)))
+
+    assert ("qemu", "2048", "MiB", "4", "aarch64") == (
+        root.get("type"), root.findtext("memory"), root.find("memory").get("unit"),
+        root.findtext("vcpu"), root.find("os/type").get("arch"))
+    assert [] == root.findall("devices/disk")
+
+
+def test_disk_element_takes_format_and_bus() -> None:
+    """disk() honours fmt and bus."""
+    element = disk("/srv/d.raw", "sdb", fmt="raw", bus="scsi")
+
+    assert canonical('<disk type="file" device="disk"><driver name="qemu" type="raw"/>'
+                     '<source file="/srv/d.raw"/><target dev="sdb" bus="scsi"/></disk>'
+                     ) == canonical(to_string(element))
+
+
+def _xml_char(c: str) -> bool:
+    code = ord(c)
+    return (code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD
+            or code >= 0x10000)
+
+
+xml_text = st.text(st.characters().filter(_xml_char), min_size=1, max_size=60)
+REFERENCE = to_string(domain(DomainSpec(name="x", uuid=UUID, disks=("/d",))))
+
+
+def _tags(xml: str) -> list[str]:
+    return [el.tag for el in etree.fromstring(xml).iter()]
+
+
+@PROPERTY
+@given(xml_text | st.sampled_from(["</name><name>evil", "<!--", "]]>", "&lt;", "&#0;",
+                                   "<?xml version='1.0'?>", "\r\n", " x "]))
+def test_any_name_round_trips_and_adds_no_element(name: str) -> None:
+    """A name with XML metacharacters comes back unchanged and the tree keeps its shape."""
+    xml = to_string(domain(DomainSpec(name=name, uuid=UUID, disks=("/d",))))
+
+    root = etree.fromstring(xml)
+
+    assert name == root.findtext("name")
+    assert [] == list(root.find("name"))
+    assert _tags(REFERENCE) == _tags(xml)
+
+
+@PROPERTY
+@given(xml_text)
+def test_any_disk_path_round_trips_as_one_attribute(path: str) -> None:
+    """A disk path with quotes or markup stays one attribute value of one <source>."""
+    xml = to_string(domain(DomainSpec(name="x", uuid=UUID, disks=(path,))))
+
+    root = etree.fromstring(xml)
+
+    assert [path] == [s.get("file") for s in root.iter("source")]
+    assert {"file"} == set(root.find("devices/disk/source").attrib)
+    assert _tags(REFERENCE) == _tags(xml)

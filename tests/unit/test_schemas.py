@@ -1,0 +1,221 @@
+"""JSON Schemas of RPC args and event payloads, as compiled by worker.schemas."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from handlers.registry import METHODS
+from tests.unit.support import PROPERTY, UUID, WIRE_SAMPLES, inner, json_values, surrogate_text
+from worker import envelope, events, schemas
+from worker.errors import InvalidArguments, InvalidEnvelope
+
+
+def instance(**fields: Any) -> dict[str, Any]:
+    """An ``args.instance`` with a valid uuid unless fields override it."""
+    return {"uuid": UUID, **fields}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_registered_method_has_a_compiling_schema(method: str) -> None:
+    """Each method of the table has schemas/rpc/<name>.json, and it compiles."""
+    assert METHODS[method].schema in schemas.names("rpc")
+    assert callable(schemas.validator("rpc", METHODS[method].schema))
+
+
+@pytest.mark.parametrize("name", schemas.names("events"))
+def test_every_event_schema_compiles(name: str) -> None:
+    """Each schema in schemas/events/ compiles to a validator."""
+    assert callable(schemas.validator("events", name))
+
+
+def test_definitions_file_is_not_a_method_schema() -> None:
+    """The shared definitions are merged in, not listed as a schema of their own."""
+    assert "definitions" not in schemas.names("rpc")
+    assert {"uuid", "safe_name", "instance"} <= set(schemas.raw("rpc", "pause_instance")["$defs"])
+
+
+def test_reboot_type_defaults_to_soft() -> None:
+    """reboot_instance without reboot_type gets SOFT filled in."""
+    checked = schemas.check_args("reboot_instance", {"instance": instance()})
+
+    assert {"instance": instance(), "reboot_type": "SOFT"} == checked
+
+
+def test_explicit_reboot_type_is_kept() -> None:
+    """An explicit HARD is not overwritten by the default."""
+    checked = schemas.check_args("reboot_instance", {"instance": instance(), "reboot_type": "HARD"})
+
+    assert "HARD" == checked["reboot_type"]
+
+
+def test_stop_instance_defaults_to_a_clean_shutdown() -> None:
+    """stop_instance without clean_shutdown asks the guest first."""
+    checked = schemas.check_args("stop_instance", {"instance": instance()})
+
+    assert checked["clean_shutdown"] is True
+    assert "timeout" not in checked
+
+
+def test_list_instances_takes_no_arguments() -> None:
+    """list_instances accepts {} and refuses anything else."""
+    assert {} == schemas.check_args("list_instances", {})
+    with pytest.raises(InvalidArguments):
+        schemas.check_args("list_instances", {"all": True})
+
+
+def test_nova_sends_extra_instance_fields_which_pass() -> None:
+    """Extra fields inside args.instance (nova sends many) are accepted."""
+    args = {"instance": instance(name="vm1", vm_state="active", flavor={"ram": 64})}
+
+    assert args == schemas.check_args("pause_instance", copy.deepcopy(args))
+
+
+@pytest.mark.parametrize("uuid", [
+    UUID, UUID.upper(), "abcdef01-2345-6789-abcd-ef0123456789",
+])
+def test_uuid_in_hyphenated_form_passes(uuid: str) -> None:
+    """A hyphenated 8-4-4-4-12 hex UUID passes, in either case."""
+    assert uuid == schemas.check_args("pause_instance", {"instance": {"uuid": uuid}})[
+        "instance"]["uuid"]
+
+
+@pytest.mark.parametrize("uuid", [
+    UUID + "\n", "\n" + UUID, UUID + "\x00", UUID[:8] + "\n" + UUID[9:], " " + UUID,
+    "{" + UUID + "}", "urn:uuid:" + UUID, UUID.replace("-", ""), UUID[:-1], UUID + "0",
+    UUID.replace("1", "g"), "", "abc", "../" + UUID, UUID + "/../x", 11111111,
+], ids=repr)
+def test_uuid_pattern_rejects_junk(uuid: Any) -> None:
+    """Newlines, NUL, braces, URNs, missing hyphens, wrong lengths and paths are not UUIDs."""
+    with pytest.raises(InvalidArguments) as caught:
+        schemas.check_args("pause_instance", {"instance": {"uuid": uuid}})
+
+    assert caught.value.message.startswith("pause_instance: ")
+
+
+@pytest.mark.parametrize("name", ["vm1", "instance-00000001", "ünïcødé ☃", "a" * 255, "..",
+                                  "a b"])
+def test_plain_names_pass(name: str) -> None:
+    """Printable names up to 255 characters pass."""
+    assert name == schemas.check_args("pause_instance", {"instance": instance(name=name)})[
+        "instance"]["name"]
+
+
+@pytest.mark.parametrize("name", [
+    "vm\n1", "vm1\n", "vm\x001", "vm/1", "/", "../etc", "", "a" * 256, "vm\x7f", "vm\t1",
+    "vm\r", "\x1b[31m", 5, None,
+], ids=repr)
+def test_name_pattern_rejects_control_characters_and_slashes(name: Any) -> None:
+    """Names with newlines, NUL, other control characters or '/', and non-strings, fail."""
+    with pytest.raises(InvalidArguments):
+        schemas.check_args("pause_instance", {"instance": instance(name=name)})
+
+
+@pytest.mark.parametrize("args", [
+    {}, {"instance": UUID}, {"instance": {}}, {"instance": None}, {"instance": instance(),
+                                                                    "force": True},
+], ids=repr)
+def test_instance_verbs_need_an_instance_object_and_nothing_else(args: dict[str, Any]) -> None:
+    """A missing or malformed instance, or an unknown argument, is InvalidArguments."""
+    with pytest.raises(InvalidArguments):
+        schemas.check_args("terminate_instance", args)
+
+
+def test_the_oslo_cast_sample_args_fail_the_uuid_pattern() -> None:
+    """The captured cast's ``uuid: "abc"`` is no UUID, so the worker would reject it."""
+    args = inner(WIRE_SAMPLES["cast"])["args"]
+
+    with pytest.raises(InvalidArguments) as caught:
+        schemas.check_args("pause_instance", args)
+
+    assert "uuid" in caught.value.message
+
+
+@pytest.mark.parametrize("args", [
+    {"reboot_type": "soft"}, {"reboot_type": "WARM"}, {"reboot_type": None},
+], ids=repr)
+def test_reboot_type_is_soft_or_hard_only(args: dict[str, Any]) -> None:
+    """reboot_type is the enum SOFT|HARD, case-sensitive."""
+    with pytest.raises(InvalidArguments):
+        schemas.check_args("reboot_instance", {"instance": instance(), **args})
+
+
+@pytest.mark.parametrize("timeout", [-1, 3601, "60", True, float("inf")], ids=repr)
+def test_stop_timeout_is_a_number_within_an_hour(timeout: Any) -> None:
+    """stop_instance's timeout is a number from 0 to 3600 seconds."""
+    with pytest.raises(InvalidArguments):
+        schemas.check_args("stop_instance", {"instance": instance(), "timeout": timeout})
+
+
+def test_stop_timeout_nan_never_reaches_the_schema() -> None:
+    """A NaN timeout (which Python's json reads from 'NaN') is refused by the decoder already."""
+    body = envelope.wrap({"method": "stop_instance", "version": "1.0",
+                          "args": {"instance": instance(), "timeout": 0}}).replace(
+        b'\\"timeout\\": 0', b'\\"timeout\\": NaN')
+    assert b"NaN" in body
+    with pytest.raises(InvalidEnvelope):
+        envelope.decode_request(body, 1 << 20)
+
+
+@PROPERTY
+@given(st.sampled_from(sorted(METHODS)),
+       json_values | st.dictionaries(st.sampled_from(["instance", "reboot_type", "timeout",
+                                                      "clean_shutdown"]), json_values))
+def test_arbitrary_json_args_raise_only_invalid_arguments(method: str, args: Any) -> None:
+    """Whatever JSON arrives as args, check_args returns a dict or raises InvalidArguments."""
+    try:
+        checked = schemas.check_args(method, args)
+    except InvalidArguments:
+        return
+    assert isinstance(checked, dict)
+
+
+@PROPERTY
+@given(st.sampled_from(sorted(METHODS)),
+       st.fixed_dictionaries({"instance": st.fixed_dictionaries(
+           {"uuid": surrogate_text | st.just(UUID)},
+           optional={"name": surrogate_text})}))
+def test_arbitrary_instance_strings_raise_only_invalid_arguments(method: str,
+                                                                 args: dict[str, Any]) -> None:
+    """Any text (lone surrogates too) as uuid or name passes or raises InvalidArguments."""
+    try:
+        schemas.check_args(method, args)
+    except InvalidArguments:
+        pass
+
+
+def _action_data(**fields: Any) -> dict[str, Any]:
+    return {"uuid": UUID, "name": "vm1", "host": "host1", "power_state": "paused",
+            "vm_state": "paused", "action": "pause", "request_id": "req-1", "fault": None,
+            **fields}
+
+
+@pytest.mark.parametrize("error", [False, True])
+def test_notification_built_by_events_validates_against_its_schema(error: bool) -> None:
+    """An instance action event from events.notification() passes notification.json."""
+    fault = events.fault(RuntimeError("boom")) if error else None
+    event = events.notification(
+        event_type="instance.pause.error" if error else "instance.pause.end",
+        payload_name="InstanceActionPayload", data=_action_data(fault=fault),
+        publisher_id="compute-worker:host1", topic="versioned_notifications", error=error,
+        source_id="e67dd8c720d24fff9952a8d3989ee27a")
+
+    schemas.validator("events", "notification")(event.message)
+    schemas.check_event("InstanceActionPayload", event.message["payload"]["nova_object.data"])
+
+
+def test_captured_oslo_notification_passes_the_notification_schema() -> None:
+    """The notification oslo's Notifier put on the wire fits notification.json."""
+    schemas.validator("events", "notification")(inner(WIRE_SAMPLES["notification"]))
+
+
+def test_reject_event_payload_validates() -> None:
+    """The payload of a rejected cast fits RpcRejectPayload."""
+    schemas.check_event("RpcRejectPayload", {
+        "host": "host1", "method": None, "unique_id": None, "request_id": None,
+        "instance_uuid": None, "fault": events.fault(InvalidArguments("pause_instance: bad")),
+    })
