@@ -196,12 +196,17 @@ class Dispatcher:
             watch = self.outbox.watch_call(req.reply_q, req.msg_id, req.timeout / 2)
         if method.action:
             self.outbox.send(self._instance_event(req, method.action, "start", self._peek(req)))
-        policy = libvirt_policy(self.cfg.libvirt_retry_seconds,
-                                **({"sleep": self._retry_sleep} if self._retry_sleep else {}))
         result: Any = None
         answers: list[Outgoing] | None
         try:
-            result = policy(method.handler, ctx, args)
+            try:
+                result = method.handler(ctx, args)
+            except HypervisorUnavailable:
+                # Only now build the retry policy: the common path pays nothing for it.
+                policy = libvirt_policy(self.cfg.libvirt_retry_seconds,
+                                        **({"sleep": self._retry_sleep} if self._retry_sleep
+                                           else {}))
+                result = policy(method.handler, ctx, args)
             log.info("verb_completed", action=method.action,
                      power_state=result.get("power_state") if isinstance(result, dict) else None)
             answers = self._answers(req, method, result=result)

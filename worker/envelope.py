@@ -65,9 +65,14 @@ def _utf8_len(value: str) -> int | None:
         return None
 
 
+# Built once: json.loads with any keyword argument builds a new decoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def _loads(data: bytes | str, what: str) -> Any:
     try:
-        return json.loads(data, parse_constant=_no_constants)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEnvelope(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:

@@ -1,0 +1,142 @@
+"""Throughput: pause/unpause casts through the worker vs a raw kombu loop doing the same broker work.
+
+Both sides consume N casts from a queue on the same RabbitMQ, ack each, and
+publish two events per cast (start and end) on a second connection with the
+same confirm setting; both are counted by the end events a third connection
+receives. Run: .venv/bin/python -m bench.throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tempfile
+import time
+import uuid
+
+import libvirt
+from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
+
+from bench.common import (
+    BROKER, EventCounter, append_result, bench_config, define_domains, is_end, machine, median,
+    remove_domains,
+)
+from worker import envelope, events, logs
+from worker.config import Config
+from worker.service import Service
+
+
+def _cast_bodies(uuids: list[str], total: int) -> list[bytes]:
+    bodies = []
+    for number in range(total):
+        method = "pause_instance" if (number // len(uuids)) % 2 == 0 else "unpause_instance"
+        bodies.append(envelope.wrap({
+            "method": method, "args": {"instance": {"uuid": uuids[number % len(uuids)]}},
+            "version": "1.0", "_unique_id": uuid.uuid4().hex,
+            "_context_request_id": f"req-{uuid.uuid4()}"}))
+    return bodies
+
+
+def _publish_all(cfg: Config, routing_key: str, bodies: list[bytes]) -> float:
+    with Connection(cfg.transport_url) as conn:
+        producer = Producer(conn.channel())
+        exchange = Exchange(cfg.control_exchange, type="topic", durable=False)
+        started = time.perf_counter()
+        for body in bodies:
+            producer.publish(body, exchange=exchange, routing_key=routing_key,
+                             content_type="application/json", content_encoding="utf-8",
+                             delivery_mode=2)
+        return started
+
+
+def raw_loop(cfg: Config, bodies: list[bytes], confirm: bool) -> float:
+    """The ceiling: consume, ack, publish start and end events; casts per second."""
+    counter = EventCounter(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+    exchange = Exchange(cfg.control_exchange, type="topic", durable=False)
+    queue_name = f"raw_{uuid.uuid4().hex}"
+    with Connection(cfg.transport_url, heartbeat=cfg.heartbeat) as consume_conn, \
+            Connection(cfg.transport_url,
+                       transport_options={"confirm_publish": confirm}) as publish_conn:
+        channel = consume_conn.channel()
+        channel.basic_qos(0, cfg.prefetch_count, False)
+        queue = Queue(queue_name, exchange, routing_key=queue_name, auto_delete=True)(channel)
+        queue.declare()
+        producer = Producer(publish_conn.channel())
+        inbox: list[Message] = []
+        with Consumer(channel, [queue], on_message=inbox.append):
+            started = _publish_all(cfg, queue_name, bodies)
+            done = 0
+            while done < len(bodies):
+                try:
+                    consume_conn.drain_events(timeout=1)
+                except socket.timeout:
+                    continue
+                while inbox:
+                    message = inbox.pop(0)
+                    inner = envelope.unwrap(message.body, 1 << 20)
+                    for phase in ("start", "end"):
+                        event = events.notification(
+                            event_type=f"instance.pause.{phase}",
+                            payload_name="InstanceActionPayload",
+                            data={"uuid": inner["args"]["instance"]["uuid"]},
+                            publisher_id="raw", topic=cfg.notification_topic,
+                            source_id=inner["_unique_id"])
+                        producer.publish(envelope.wrap(event.message), exchange=exchange,
+                                         routing_key=event.routing_key,
+                                         content_type="application/json",
+                                         content_encoding="utf-8", delivery_mode=2)
+                    message.ack()
+                    done += 1
+        last = counter.wait(is_end, len(bodies))
+    counter.close()
+    return len(bodies) / (last - started)
+
+
+def worker_run(cfg: Config, bodies: list[bytes]) -> float:
+    """The worker on the test driver; casts per second."""
+    counter = EventCounter(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+    service = Service(cfg)
+    service.start()
+    try:
+        started = _publish_all(cfg, f"{cfg.topic}.{cfg.host}", bodies)
+        last = counter.wait(is_end, len(bodies))
+    finally:
+        service.stop(grace=10)
+        counter.close()
+    return len(bodies) / (last - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--casts", type=int, default=3000)
+    parser.add_argument("--instances", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/worker rounds")
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    ns = parser.parse_args()
+    logs.setup("error")
+    holder = libvirt.open("test:///default")
+    uuids = define_domains(holder, ns.instances)
+    raw_rates, worker_rates = [], []
+    try:
+        for _ in range(ns.rounds):
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = bench_config(tmp)
+                raw_rates.append(raw_loop(cfg, _cast_bodies(uuids, ns.casts), confirm=True))
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = bench_config(tmp)
+                worker_rates.append(worker_run(cfg, _cast_bodies(uuids, ns.casts)))
+            print(f"round: raw {raw_rates[-1]:8.0f}/s  worker {worker_rates[-1]:8.0f}/s  "
+                  f"ratio {worker_rates[-1] / raw_rates[-1]:.2f}", flush=True)
+    finally:
+        remove_domains(holder, uuids)
+        holder.close()
+    raw, work = median(raw_rates), median(worker_rates)
+    print(f"throughput ({ns.casts} casts, {ns.instances} instances, confirms on, {BROKER}): "
+          f"worker {work:.0f} casts/s, raw loop {raw:.0f}/s, ratio {work / raw:.2f}")
+    if not ns.no_record:
+        append_result("Throughput (casts/s, median of rounds; target ratio >= 0.75)",
+                      f"{machine()} | worker {work:.0f} | raw {raw:.0f} | ratio {work / raw:.2f}")
+
+
+if __name__ == "__main__":
+    main()
