@@ -28,7 +28,7 @@ class CallTimeout(WorkerError):
 
 
 class RpcClient:
-    """Casts and calls on ``<topic>.<host>`` over the control exchange."""
+    """Casts and calls on ``<topic>.<host>``; like oslo, one reply queue serves all its calls."""
 
     def __init__(self, connection: Connection, *, exchange: str = "nova", topic: str = "compute",
                  durable: bool = False) -> None:
@@ -37,6 +37,9 @@ class RpcClient:
         self.topic = topic
         self._producer = Producer(connection.channel())
         self.exchange(self._producer.channel).declare()
+        self._reply_q = f"reply_{uuid.uuid4().hex}"
+        self._replies: dict[str, list[dict[str, Any]]] = {}
+        self._reply_consumer: Consumer | None = None
 
     def _message(self, method: str, args: dict[str, Any], version: str,
                  context: dict[str, Any] | None) -> dict[str, Any]:
@@ -58,38 +61,45 @@ class RpcClient:
         self._publish(f"{self.topic}.{host}", envelope.wrap(msg))
         return msg
 
+    def _listen(self) -> None:
+        if self._reply_consumer is not None:
+            return
+        channel = self.conn.channel()
+        queue = Queue(self._reply_q, exclusive=True, auto_delete=True)(channel)
+        queue.declare()
+
+        def received(message: Message) -> None:
+            reply = envelope.unwrap(message.body, 1 << 30)
+            message.ack()
+            if reply.get("_msg_id") in self._replies:
+                self._replies[reply["_msg_id"]].append(reply)
+
+        self._reply_consumer = Consumer(channel, [queue], on_message=received)
+        self._reply_consumer.consume()
+
     def call(self, host: str, method: str, args: dict[str, Any], *, timeout: float = 30.0,
              version: str = "1.0", monitor: float | None = None,
              context: dict[str, Any] | None = None) -> Any:
         """Send a call and wait for its ending reply; RemoteError on a failure."""
+        self._listen()
         msg = self._message(method, args, version, context)
-        reply_q = f"reply_{uuid.uuid4().hex}"
-        msg.update(_msg_id=uuid.uuid4().hex, _reply_q=reply_q, _timeout=monitor)
-        channel = self.conn.channel()
-        queue = Queue(reply_q, exclusive=True, auto_delete=True)(channel)
-        queue.declare()
-        replies: list[dict[str, Any]] = []
-
-        def received(message: Message) -> None:
-            replies.append(envelope.unwrap(message.body, 1 << 30))
-            message.ack()
-
+        msg_id = uuid.uuid4().hex
+        msg.update(_msg_id=msg_id, _reply_q=self._reply_q, _timeout=monitor)
+        replies = self._replies[msg_id] = []
         try:
-            with Consumer(channel, [queue], on_message=received):
-                self._publish(f"{self.topic}.{host}", envelope.wrap(msg))
-                deadline = time.monotonic() + timeout
-                while True:
-                    if any(r.get("ending") for r in replies):
-                        break
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise CallTimeout(f"no reply to {method} within {timeout}s")
-                    try:
-                        self.conn.drain_events(timeout=min(left, 0.5))
-                    except TimeoutError:
-                        pass
+            self._publish(f"{self.topic}.{host}", envelope.wrap(msg))
+            deadline = time.monotonic() + timeout
+            while not any(r.get("ending") for r in replies):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CallTimeout(f"no reply to {method} within {timeout}s")
+                try:
+                    self.conn.drain_events(timeout=min(left, 0.5))
+                except TimeoutError:
+                    pass
         finally:
-            channel.close()
+            del self._replies[msg_id]
+        self.heartbeats = sum(1 for r in replies if not r.get("ending"))
         final = next(r for r in replies if r.get("ending"))
         if final.get("failure"):
             raise RemoteError(json.loads(final["failure"]))

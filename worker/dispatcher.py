@@ -49,20 +49,36 @@ class Outbox(Protocol):
         """Stop call-monitor heartbeats."""
 
 
+def _parts(version: str) -> tuple[int, int, int]:
+    numbers = [int(p) for p in version.split(".")] + [0]
+    return numbers[0], numbers[1], numbers[2]
+
+
+def compatible(version: str) -> bool:
+    """oslo's rule: same major; minor (then revision) not above ours."""
+    major, minor, rev = _parts(version)
+    our_major, our_minor, our_rev = _parts(API_VERSION)
+    return major == our_major and (minor, rev) <= (our_minor, our_rev)
+
+
 def served(version: str, method: str) -> None:
-    """oslo's rule: same major, minor not above ours; else UnsupportedVersion."""
-    major, minor = (int(p) for p in version.split("."))
-    our_major, our_minor = (int(p) for p in API_VERSION.split("."))
-    if major != our_major or minor > our_minor:
+    """UnsupportedVersion unless version is compatible with ours."""
+    if not compatible(version):
         raise UnsupportedVersion(version, method)
 
 
 def lookup(req: envelope.Request) -> Method:
-    """The table entry for a request, after namespace and version checks."""
+    """The table entry for a request, checked in oslo's order.
+
+    A namespace we do not serve, or an incompatible version, is
+    UnsupportedVersion; only a compatible request for a method we lack is
+    NoSuchMethod. Clients branch on these names.
+    """
+    if req.namespace is not None or not compatible(req.version):
+        raise UnsupportedVersion(req.version, req.method)
     method = METHODS.get(req.method)
-    if method is None or req.namespace is not None:
+    if method is None:
         raise NoSuchMethod(req.method)
-    served(req.version, req.method)
     return method
 
 
@@ -88,6 +104,8 @@ class Dispatcher:
         # unique_id -> settle functions of every delivery of that message now
         # queued or running: a redelivery joins the run instead of repeating it.
         self._inflight: dict[str, list[Settle]] = {}
+        # msg_id -> call-monitor handle, from delivery until the final reply.
+        self._watches: dict[str, int] = {}
         self.draining = False
         self.completed = 0
         self.rejected = 0
@@ -117,6 +135,14 @@ class Dispatcher:
                     log.info("redelivery_joined_running", unique_id=uid)
                     return
                 self._inflight[uid] = [delivery.settle]
+        if req.is_call and req.timeout:
+            # Heartbeats start as soon as the call is ours, not when it runs:
+            # a call waiting behind a slow verb must not time out its caller.
+            assert req.reply_q is not None and req.msg_id is not None
+            with self._lock:
+                if req.msg_id not in self._watches:
+                    self._watches[req.msg_id] = self.outbox.watch_call(
+                        req.reply_q, req.msg_id, req.timeout / 2)
         key: Hashable = (req.instance_uuid.lower() if req.instance_uuid
                          else ("any", next(_unordered)))
         self.executor.submit(key, self._guarded(
@@ -147,8 +173,16 @@ class Dispatcher:
 
     # --- on a verb thread -----------------------------------------------------------
 
+    def _unwatch(self, req: envelope.Request | None) -> None:
+        if req is not None and req.msg_id is not None:
+            with self._lock:
+                handle = self._watches.pop(req.msg_id, None)
+            if handle is not None:
+                self.outbox.unwatch_call(handle)
+
     def _settle(self, req: envelope.Request | None, first: Settle,
                 action: Settlement) -> None:
+        self._unwatch(req)
         settles = [first]
         if req is not None and req.unique_id is not None:
             with self._lock:
@@ -190,10 +224,6 @@ class Dispatcher:
              args: dict[str, Any]) -> list[Outgoing] | None:
         """Run the handler; the answers to publish, or None to requeue (libvirt away)."""
         ctx = Context(self.hypervisor, self.cfg, self.paths, req.request_id)
-        watch = None
-        if req.is_call and req.timeout:
-            assert req.reply_q is not None and req.msg_id is not None
-            watch = self.outbox.watch_call(req.reply_q, req.msg_id, req.timeout / 2)
         if method.action:
             self.outbox.send(self._instance_event(req, method.action, "start", self._peek(req)))
         result: Any = None
@@ -219,9 +249,6 @@ class Dispatcher:
             else:
                 log.exception("verb_crashed")
             answers = self._answers(req, method, error=exc)
-        finally:
-            if watch is not None:
-                self.outbox.unwatch_call(watch)
         if self._on_verb_end is not None and method.action and req.instance_uuid:
             self._on_verb_end(req.instance_uuid.lower(), result)
         return answers
@@ -301,6 +328,7 @@ class Dispatcher:
     def _finish(self, req: envelope.Request | None, settle: Settle,
                 outgoing: list[Outgoing], on_success: Settlement = "ack") -> None:
         """Publish, wait for every confirm, then settle; unconfirmed means requeue."""
+        self._unwatch(req)  # no heartbeat may follow the final reply
         futures = [self.outbox.send(out) for out in outgoing]
         done, not_done = wait(futures, timeout=self.cfg.confirm_timeout * 2)
         if not_done or any(f.exception() is not None for f in done):

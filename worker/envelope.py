@@ -12,7 +12,8 @@ from worker.errors import InvalidEnvelope, MessageTooLarge, WorkerError
 
 OSLO_VERSION = "2.0"
 _METHOD = re.compile(r"[a-z_][a-z0-9_]{0,63}\Z")
-_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})\Z")
+# oslo versions are major.minor with an optional .revision.
+_VERSION = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})(\.[0-9]{1,4})?\Z")
 # AMQP short strings (queue names, routing keys) are at most 255 bytes.
 _SHORTSTR = 255
 
@@ -101,6 +102,13 @@ def _partial(inner: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _primitive(value: Any) -> Any:
+    """A nova versioned object (as nova's serializer sends it) reduced to its data."""
+    if isinstance(value, dict) and isinstance(value.get("nova_object.data"), dict):
+        return value["nova_object.data"]
+    return value
+
+
 def unwrap(body: bytes | str, max_bytes: int) -> dict[str, Any]:
     """Body bytes to the inner message object, enveloped or bare."""
     if len(body) > max_bytes:
@@ -131,9 +139,11 @@ def decode_request(body: bytes | str, max_bytes: int) -> Request:
     args = inner.get("args", {})
     if not isinstance(args, dict):
         raise InvalidEnvelope("args must be an object", **partial)
+    args = {key: _primitive(value) for key, value in args.items()}
     version = inner.get("version", "1.0")
     if not isinstance(version, str) or not _VERSION.match(version):
-        raise InvalidEnvelope("version must be 'major.minor'", **partial)
+        raise InvalidEnvelope("version must be 'major.minor' or 'major.minor.revision'",
+                              **partial)
     namespace = inner.get("namespace")
     if namespace is not None and not isinstance(namespace, str):
         raise InvalidEnvelope("namespace must be a string", **partial)

@@ -30,11 +30,15 @@ class Event:
         return str(self.message["event_type"])
 
 
-def message_id(source_id: str | None, event_type: str) -> str:
-    """Stable id for the event a message causes; random when the message had no id."""
+def message_id(source_id: str | None, event_type: str, publisher_id: str = "") -> str:
+    """Stable id for the event a message causes on one host; random without a source id.
+
+    The publisher is part of it: one fanout cast makes the same event on many
+    hosts, and those are different events.
+    """
     if source_id is None:
         return str(uuid.uuid4())
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{source_id}/{event_type}"))
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{publisher_id}/{source_id}/{event_type}"))
 
 
 def timestamp() -> str:
@@ -52,7 +56,7 @@ def notification(
     return Event(
         routing_key=f"{topic}.{priority.lower()}",
         message={
-            "message_id": message_id(source_id, event_type),
+            "message_id": message_id(source_id, event_type, publisher_id),
             "publisher_id": publisher_id,
             "event_type": event_type,
             "priority": priority,

@@ -44,19 +44,26 @@ def test_lookup_finds_a_registered_method() -> None:
     assert METHODS["pause_instance"] is lookup(Request("pause_instance", {}, version="1.0"))
 
 
-@pytest.mark.parametrize("request_", [
-    Request("no_such_verb", {}),
-    Request("pause_instance", {}, namespace="baremetal"),
-], ids=["unknown method", "foreign namespace"])
-def test_lookup_unknown_method_or_namespace_is_no_such_method(request_: Request) -> None:
-    """An unknown method, or any namespace (we serve only the default), is NoSuchMethod."""
+def test_lookup_unknown_method_at_a_served_version_is_no_such_method() -> None:
+    """Only a compatible request for a method we lack is NoSuchMethod (oslo's order)."""
     with pytest.raises(NoSuchMethod) as caught:
+        lookup(Request("no_such_verb", {}))
+
+    assert "no_such_verb" == caught.value.method
+
+
+@pytest.mark.parametrize("request_", [
+    Request("pause_instance", {}, namespace="baremetal"),
+    Request("no_such_verb", {}, version="2.0"),
+    Request("pause_instance", {}, version="6.0"),
+], ids=["foreign namespace", "unknown method at another version", "known method, old version"])
+def test_lookup_checks_namespace_and_version_first(request_: Request) -> None:
+    """A namespace we do not serve or an incompatible version is UnsupportedVersion, as oslo says."""
+    with pytest.raises(UnsupportedVersion):
         lookup(request_)
 
-    assert request_.method == caught.value.method
 
-
-def test_lookup_checks_the_version_after_the_method() -> None:
-    """A known method at an unserved version is UnsupportedVersion, not NoSuchMethod."""
-    with pytest.raises(UnsupportedVersion):
-        lookup(Request("pause_instance", {}, version="6.0"))
+@pytest.mark.parametrize("version", ["1.0.0", "1.0"])
+def test_a_revision_part_is_accepted(version: str) -> None:
+    """oslo versions may carry a third part; 1.0.0 is served like 1.0."""
+    served(version, "pause_instance")

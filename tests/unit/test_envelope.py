@@ -228,7 +228,7 @@ BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("args a string", {"args": "instance=1"}),
     ("args null", {"args": None}),
     ("version one part", {"version": "1"}),
-    ("version three parts", {"version": "1.0.0"}),
+    ("version four parts", {"version": "1.0.0.0"}),
     ("version with v", {"version": "v1.0"}),
     ("version empty", {"version": ""}),
     ("version a float", {"version": 1.0}),
@@ -479,3 +479,16 @@ def test_reply_is_json_even_for_results_json_cannot_hold() -> None:
 class _Opaque:
     def __str__(self) -> str:
         return "opaque"
+
+
+def test_nova_object_arguments_are_reduced_to_their_data() -> None:
+    """An instance sent as a serialized nova object reaches the handler as its data."""
+    uid = "11111111-2222-3333-4444-555555555555"
+    body = enveloped({"method": "pause_instance", "version": "1.0", "args": {"instance": {
+        "nova_object.name": "Instance", "nova_object.namespace": "nova",
+        "nova_object.version": "2.7", "nova_object.data": {"uuid": uid, "name": "vm1"}}}})
+
+    req = decode_request(body, LIMIT)
+
+    assert {"uuid": uid, "name": "vm1"} == req.args["instance"]
+    assert uid == req.instance_uuid

@@ -99,7 +99,14 @@ def test_timestamp_keeps_six_digits_on_a_whole_second(monkeypatch: pytest.Monkey
 def test_message_id_is_stable_for_one_message_and_event_type() -> None:
     """The same source message and event type always give the same message_id."""
     assert build().message["message_id"] == build().message["message_id"]
-    assert events.message_id(SOURCE, "instance.pause.end") == build().message["message_id"]
+    assert events.message_id(SOURCE, "instance.pause.end", "compute-worker:host1") == build(
+    ).message["message_id"]
+
+
+def test_message_id_differs_between_hosts() -> None:
+    """One fanout cast makes the same event on two hosts: two events, two ids."""
+    assert events.message_id(SOURCE, "instance.pause.end", "compute-worker:host1") != \
+        events.message_id(SOURCE, "instance.pause.end", "compute-worker:host2")
 
 
 def test_message_id_differs_between_event_types_and_sources() -> None:

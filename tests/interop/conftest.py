@@ -1,0 +1,112 @@
+"""Fixtures for the interop tier: an in-process worker driven by unmodified oslo.messaging."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import libvirt
+import oslo_messaging
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from tests.interop.support import (
+    QEMU_URI,
+    Recorder,
+    kvm_usable,
+    notification_listener,
+    remove_qemu_domains,
+    rpc_client,
+    rpc_transport,
+)
+from worker.config import Config
+from worker.domain_xml import DomainSpec, domain, to_string
+from worker.service import Service
+
+
+def _delete_names(service: Service) -> None:
+    """Remove the queues and exchange a test's worker and listener declared on the broker."""
+    cfg = service.cfg
+    queues = [f"{cfg.topic}.{cfg.host}", f"{cfg.topic}_fanout_{service.consumer.fanout_unique}",
+              f"{cfg.notification_topic}.info", f"{cfg.notification_topic}.error"]
+    if cfg.shared_queue:
+        queues.append(cfg.topic)
+    with Connection(cfg.transport_url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        for name in queues:
+            Queue(name, channel=channel).delete()
+        if cfg.control_exchange != "nova":  # the real name is shared: leave it
+            Exchange(cfg.control_exchange, channel=channel).delete()
+
+
+@pytest.fixture
+def start_worker(cfg: Config) -> Iterator[Callable[..., Service]]:
+    """Starts in-process workers (as tests/conftest.py's worker fixture does); stops them after."""
+    started: list[Service] = []
+
+    def start(config: Config | None = None) -> Service:
+        service = Service(config or cfg, retry_sleep=lambda _s: None)
+        service.start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in reversed(started):
+        service.stop(grace=10)
+    for service in started:
+        _delete_names(service)
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., Service]) -> Service:
+    """A started worker for cfg (no event tap: oslo's listener is the consumer here)."""
+    return start_worker()
+
+
+@pytest.fixture
+def transport(cfg: Config) -> Iterator[oslo_messaging.Transport]:
+    """oslo's RPC transport for cfg's broker and control exchange."""
+    with rpc_transport(cfg) as oslo_transport:
+        yield oslo_transport
+
+
+@pytest.fixture
+def client(transport: oslo_messaging.Transport, cfg: Config) -> oslo_messaging.RPCClient:
+    """oslo.messaging RPCClient(Target(topic='compute', server=<host>, version='1.0'))."""
+    return rpc_client(transport, cfg)
+
+
+@pytest.fixture
+def listener(cfg: Config, worker: Service) -> Iterator[Recorder]:
+    """oslo's notification listener on cfg's topic, started after the worker; its events."""
+    recorder = Recorder()
+    with notification_listener(cfg, recorder):
+        yield recorder
+
+
+@pytest.fixture(scope="session")
+def qemu_domain_type() -> str:
+    """``kvm`` where /dev/kvm opens, else ``qemu`` (TCG)."""
+    return "kvm" if kvm_usable() else "qemu"
+
+
+@pytest.fixture
+def qemu_domains(qemu_domain_type: str) -> Iterator[Callable[[int], list[str]]]:
+    """Factory for running tiny no-OS domains (64 MiB, 1 vCPU) on qemu:///system; removed after."""
+    made: list[str] = []
+
+    def make(count: int = 1) -> list[str]:
+        conn = libvirt.open(QEMU_URI)
+        try:
+            for _ in range(count):
+                uid = str(uuid.uuid4())
+                made.append(uid)
+                spec = DomainSpec(name=f"interop-{uid[:8]}", uuid=uid, memory_mib=64, vcpus=1,
+                                  domain_type=qemu_domain_type)
+                conn.defineXML(to_string(domain(spec))).create()
+        finally:
+            conn.close()
+        return made[-count:]
+
+    yield make
+    remove_qemu_domains(made)

@@ -1,0 +1,265 @@
+"""oslo.messaging and raw-AMQP tools for the interop tier (the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import fastjsonschema
+import libvirt
+import oslo_messaging
+from kombu import Connection, Exchange, Message, Queue
+from oslo_config import cfg as oslo_cfg
+from oslo_messaging import opts as oslo_opts
+from oslo_messaging._metrics import client as oslo_metrics
+from oslo_messaging._tracing import client as oslo_tracing
+
+from tests.helpers import domain_state
+from worker import schemas
+from worker.config import Config
+
+QEMU_URI = "qemu:///system"
+#: What oslo's notification dispatcher hands an endpoint, plus the priority it called.
+OsloEvent = dict[str, Any]
+
+
+# --- oslo.config / oslo.messaging -----------------------------------------------------
+
+
+def oslo_conf(cfg: Config, **rabbit: Any) -> oslo_cfg.ConfigOpts:
+    """A private ConfigOpts (never the global CONF) with oslo's options and cfg's exchange."""
+    conf = oslo_cfg.ConfigOpts()
+    conf([], project="interop", default_config_files=[], default_config_dirs=[])
+    for group, opts in oslo_opts.list_opts():
+        conf.register_opts(opts, group=group)
+    # oslo.messaging 18.x registers these two groups on the global CONF only, yet
+    # reads them from the conf it is given (as its own ConfFixture works around).
+    conf.register_opts(oslo_metrics.oslo_messaging_metrics, group="oslo_messaging_metrics")
+    conf.register_opts(oslo_tracing.oslo_messaging_tracing, group="oslo_messaging_tracing")
+    conf.set_override("control_exchange", cfg.control_exchange)
+    conf.set_override("rpc_response_timeout", 20)  # a lost reply fails fast, not after 60 s
+    for name, value in rabbit.items():
+        conf.set_override(name, value, group="oslo_messaging_rabbit")
+    return conf
+
+
+def oslo_url(cfg: Config) -> str:
+    """cfg's kombu URL as oslo spells it: the ``rabbit`` driver, vhost ``/`` as an empty path."""
+    scheme, rest = cfg.transport_url.split("://", 1)
+    assert scheme in ("amqp", "amqps", "pyamqp"), cfg.transport_url
+    return "rabbit://" + (rest[:-1] if rest.endswith("//") else rest)
+
+
+@contextlib.contextmanager
+def rpc_transport(cfg: Config, allowed_remote_exmods: list[str] | None = None,
+                  **rabbit: Any) -> Iterator[oslo_messaging.Transport]:
+    """An oslo RPC transport on cfg's broker, cleaned up on exit."""
+    transport = oslo_messaging.get_rpc_transport(oslo_conf(cfg, **rabbit), url=oslo_url(cfg),
+                                                 allowed_remote_exmods=allowed_remote_exmods)
+    try:
+        yield transport
+    finally:
+        transport.cleanup()
+
+
+def rpc_client(transport: oslo_messaging.Transport, cfg: Config,
+               version: str = "1.0") -> oslo_messaging.RPCClient:
+    """An oslo RPCClient aimed at cfg's host, as nova's scheduler builds one."""
+    target = oslo_messaging.Target(topic=cfg.topic, server=cfg.host, version=version)
+    return oslo_messaging.get_rpc_client(transport, target)
+
+
+class Recorder:
+    """A notification endpoint keeping every event oslo hands it, in dispatch order."""
+
+    def __init__(self) -> None:
+        self.events: list[OsloEvent] = []
+        self._cond = threading.Condition()
+
+    def _add(self, priority: str, ctxt: Any, publisher_id: str, event_type: str,
+             payload: Any, metadata: dict[str, Any]) -> None:
+        with self._cond:
+            self.events.append({"priority": priority, "ctxt": ctxt, "publisher_id": publisher_id,
+                                "event_type": event_type, "payload": payload,
+                                "metadata": metadata})
+            self._cond.notify_all()
+
+    def info(self, ctxt: Any, publisher_id: str, event_type: str, payload: Any,
+             metadata: dict[str, Any]) -> None:
+        """oslo calls this for priority INFO."""
+        self._add("INFO", ctxt, publisher_id, event_type, payload, metadata)
+
+    def error(self, ctxt: Any, publisher_id: str, event_type: str, payload: Any,
+              metadata: dict[str, Any]) -> None:
+        """oslo calls this for priority ERROR."""
+        self._add("ERROR", ctxt, publisher_id, event_type, payload, metadata)
+
+    def of(self, uid: str | None, event_type: str | None = None) -> list[OsloEvent]:
+        """Events about one instance (None: events without an instance), optionally of a type."""
+        with self._cond:
+            return [e for e in self.events
+                    if data(e).get("uuid", data(e).get("instance_uuid")) == uid
+                    and (event_type is None or e["event_type"] == event_type)]
+
+    def types(self, uid: str | None) -> list[str]:
+        """event_type of each verb's event about one instance, in order.
+
+        ``instance.update`` (a state change the worker noticed on its own, e.g. at its
+        first sync) may come at any time and is left out here.
+        """
+        return [e["event_type"] for e in self.of(uid) if e["event_type"] != "instance.update"]
+
+    def wait_type(self, uid: str | None, event_type: str, count: int = 1,
+                  timeout: float = 20.0) -> list[OsloEvent]:
+        """Wait until count events of event_type about uid arrived; AssertionError if not."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.of(uid, event_type)) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    seen = [(e["event_type"], data(e).get("uuid")) for e in self.events]
+                    raise AssertionError(f"no {count}x {event_type} for {uid}; saw {seen}")
+                self._cond.wait(left)
+        return self.of(uid, event_type)
+
+
+def data(event: OsloEvent) -> dict[str, Any]:
+    """nova_object.data of an event's payload."""
+    payload = event["payload"]
+    return payload.get("nova_object.data", {}) if isinstance(payload, dict) else {}
+
+
+@contextlib.contextmanager
+def notification_listener(cfg: Config, recorder: Recorder,
+                          **rabbit: Any) -> Iterator[oslo_messaging.notify.NotificationServer]:
+    """oslo's notification listener on cfg's topic and exchange, stopped cleanly on exit."""
+    transport = oslo_messaging.get_notification_transport(oslo_conf(cfg, **rabbit),
+                                                          url=oslo_url(cfg))
+    target = oslo_messaging.Target(topic=cfg.notification_topic, exchange=cfg.control_exchange)
+    listener = oslo_messaging.get_notification_listener(transport, [target], [recorder],
+                                                        executor="threading")
+    try:
+        # One dispatch thread: events reach the endpoint in the order they were queued.
+        listener.start(override_pool_size=1)
+        yield listener
+    finally:
+        listener.stop()
+        listener.wait()
+        transport.cleanup()
+
+
+# The inner message as a notification listener would rebuild it. oslo's driver pops
+# ``_unique_id`` (its duplicate filter) before the endpoint sees the message, so that
+# key is checked on the raw wire in test_wire_samples.py instead.
+_OSLO_VISIBLE = copy.deepcopy(schemas.raw("events", "notification"))
+_OSLO_VISIBLE["required"].remove("_unique_id")
+_check_oslo_visible = fastjsonschema.compile(_OSLO_VISIBLE)
+
+
+def check_oslo_event(event: OsloEvent) -> None:
+    """Rebuild the inner message from what oslo delivered and validate it and its payload."""
+    message = {
+        "message_id": event["metadata"]["message_id"],
+        "publisher_id": event["publisher_id"],
+        "event_type": event["event_type"],
+        "priority": event["priority"],
+        "timestamp": event["metadata"]["timestamp"],
+        "payload": event["payload"],
+    }
+    _check_oslo_visible(message)
+    schemas.check_event(event["payload"]["nova_object.name"], data(event))
+
+
+# --- raw AMQP, for feeding captured oslo bodies and reading the worker's own bytes ----
+
+
+class RawQueue:
+    """A private queue on the broker (bound to an exchange or not) and what arrived on it."""
+
+    def __init__(self, url: str, name: str | None = None, exchange: Exchange | None = None,
+                 routing_key: str | None = None) -> None:
+        self.name = name or f"raw_{uuid.uuid4().hex}"
+        self._conn = Connection(url, connect_timeout=5)
+        self._channel = self._conn.channel()
+        self._queue = Queue(self.name, exchange, routing_key=routing_key, exclusive=True,
+                            auto_delete=True)(self._channel)
+        self._queue.declare()
+        self.messages: list[Message] = []
+
+    def wait(self, predicate: Callable[[list[Message]], bool],
+             timeout: float = 20.0) -> list[Message]:
+        """Poll until predicate(messages) holds; AssertionError with what arrived if not."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.messages):
+            if time.monotonic() > deadline:
+                got = [m.body for m in self.messages]
+                raise AssertionError(f"timed out on {self.name}; got {got}")
+            message = self._queue.get(no_ack=True)
+            if message is None:
+                time.sleep(0.02)
+            else:
+                self.messages.append(message)
+        return list(self.messages)
+
+    def close(self) -> None:
+        """Drop the queue and the connection."""
+        self._conn.release()
+
+
+def publish_raw(cfg: Config, body: dict[str, Any], exchange: Exchange, routing_key: str) -> None:
+    """Publish one body, serialized as oslo does, with oslo's message properties."""
+    with Connection(cfg.transport_url, connect_timeout=5) as conn:
+        conn.Producer().publish(json.dumps(body), exchange=exchange, routing_key=routing_key,
+                                content_type="application/json", content_encoding="utf-8",
+                                delivery_mode=2, declare=[exchange])
+
+
+def delete_queues(cfg: Config, *names: str) -> None:
+    """Delete queues by name (those an oslo server of a test declared)."""
+    with Connection(cfg.transport_url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        for name in names:
+            Queue(name, channel=channel).delete()
+
+
+def state_of(uri: str, uid: str) -> int | None:
+    """libvirt's state code of a domain, through libvirt itself; None when it does not exist."""
+    found = domain_state(uri, uid)
+    return None if found is None else found[0]
+
+
+def kvm_usable() -> bool:
+    """True when /dev/kvm opens for read and write."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def remove_qemu_domains(uuids: list[str]) -> None:
+    """Destroy and undefine domains on qemu:///system, managed-save images included."""
+    conn = libvirt.open(QEMU_URI)
+    try:
+        for uid in uuids:
+            try:
+                dom = conn.lookupByUUIDString(uid)
+            except libvirt.libvirtError:
+                continue
+            if dom.isActive():
+                dom.destroy()
+            if dom.hasManagedSaveImage(0):
+                dom.managedSaveRemove(0)
+            if dom.isPersistent():
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+    finally:
+        conn.close()
+
