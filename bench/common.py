@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import socket
 import statistics
 import threading
 import time
@@ -76,7 +75,7 @@ class EventCounter:
                 while not self._stop.is_set():
                     try:
                         conn.drain_events(timeout=0.2)
-                    except socket.timeout:
+                    except TimeoutError:
                         pass
 
     def count(self, predicate: Callable[[str], bool]) -> int:
@@ -145,7 +144,7 @@ def machine() -> str:
 
 def append_result(section: str, row: str) -> None:
     """Append a dated row under a section heading in bench/RESULTS.md."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     heading = f"\n## {section}\n"
     line = f"| {stamp} | {row} |\n"

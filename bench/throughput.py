@@ -1,24 +1,32 @@
 """Throughput: pause/unpause casts through the worker vs a raw kombu loop doing the same broker work.
 
 Both sides consume N casts from a queue on the same RabbitMQ, ack each, and
-publish two events per cast (start and end) on a second connection with the
-same confirm setting; both are counted by the end events a third connection
-receives. Run: .venv/bin/python -m bench.throughput
+publish two events per cast (start and end) on a second connection with
+publisher confirms on; both are counted by the end events that a separate
+process (bench.driver, which also publishes the casts) receives, so the
+harness does not share the measured process's GIL.
+Run: .venv/bin/python -m bench.throughput
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
+import json
+import subprocess
+import sys
 import tempfile
-import time
 import uuid
 
 import libvirt
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from bench.common import (
-    BROKER, EventCounter, append_result, bench_config, define_domains, is_end, machine, median,
+    BROKER,
+    append_result,
+    bench_config,
+    define_domains,
+    machine,
+    median,
     remove_domains,
 )
 from worker import envelope, events, logs
@@ -37,21 +45,30 @@ def _cast_bodies(uuids: list[str], total: int) -> list[bytes]:
     return bodies
 
 
-def _publish_all(cfg: Config, routing_key: str, bodies: list[bytes]) -> float:
-    with Connection(cfg.transport_url) as conn:
-        producer = Producer(conn.channel())
-        exchange = Exchange(cfg.control_exchange, type="topic", durable=False)
-        started = time.perf_counter()
-        for body in bodies:
-            producer.publish(body, exchange=exchange, routing_key=routing_key,
-                             content_type="application/json", content_encoding="utf-8",
-                             delivery_mode=2)
-        return started
+class Driver:
+    """bench.driver in a subprocess: publishes the casts and counts the end events."""
+
+    def __init__(self, cfg: Config, routing_key: str, bodies: list[bytes]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.driver"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({
+            "url": cfg.transport_url, "exchange": cfg.control_exchange,
+            "topic": cfg.notification_topic, "routing_key": routing_key,
+            "bodies": [b.decode() for b in bodies]}))
+        self.proc.stdin.close()
+        assert json.loads(self.proc.stdout.readline())["ready"]
+
+    def rate(self) -> float:
+        """Casts per second, from the first publish to the last end event."""
+        assert self.proc.stdout is not None
+        result = json.loads(self.proc.stdout.readline())
+        self.proc.wait(30)
+        return float(result["casts"]) / float(result["seconds"])
 
 
 def raw_loop(cfg: Config, bodies: list[bytes], confirm: bool) -> float:
     """The ceiling: consume, ack, publish start and end events; casts per second."""
-    counter = EventCounter(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
     exchange = Exchange(cfg.control_exchange, type="topic", durable=False)
     queue_name = f"raw_{uuid.uuid4().hex}"
     with Connection(cfg.transport_url, heartbeat=cfg.heartbeat) as consume_conn, \
@@ -62,14 +79,15 @@ def raw_loop(cfg: Config, bodies: list[bytes], confirm: bool) -> float:
         queue = Queue(queue_name, exchange, routing_key=queue_name, auto_delete=True)(channel)
         queue.declare()
         producer = Producer(publish_conn.channel())
+        exchange(producer.channel).declare()
         inbox: list[Message] = []
         with Consumer(channel, [queue], on_message=inbox.append):
-            started = _publish_all(cfg, queue_name, bodies)
+            driver = Driver(cfg, queue_name, bodies)
             done = 0
             while done < len(bodies):
                 try:
                     consume_conn.drain_events(timeout=1)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 while inbox:
                     message = inbox.pop(0)
@@ -87,23 +105,17 @@ def raw_loop(cfg: Config, bodies: list[bytes], confirm: bool) -> float:
                                          content_encoding="utf-8", delivery_mode=2)
                     message.ack()
                     done += 1
-        last = counter.wait(is_end, len(bodies))
-    counter.close()
-    return len(bodies) / (last - started)
+            return driver.rate()
 
 
 def worker_run(cfg: Config, bodies: list[bytes]) -> float:
     """The worker on the test driver; casts per second."""
-    counter = EventCounter(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
     service = Service(cfg)
     service.start()
     try:
-        started = _publish_all(cfg, f"{cfg.topic}.{cfg.host}", bodies)
-        last = counter.wait(is_end, len(bodies))
+        return Driver(cfg, f"{cfg.topic}.{cfg.host}", bodies).rate()
     finally:
         service.stop(grace=10)
-        counter.close()
-    return len(bodies) / (last - started)
 
 
 def main() -> None:

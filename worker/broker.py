@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import socket
 import ssl
 from typing import Any
 
@@ -23,3 +25,73 @@ def connection_for(cfg: Config, *, confirm: bool = False) -> Connection:
         tls = True  # the system's CA store
     return Connection(cfg.transport_url, heartbeat=cfg.heartbeat, transport_options=options,
                       connect_timeout=10, ssl=tls)
+
+
+# The smallest wait py-amqp handles as a wait: with 0 its socket turns
+# non-blocking and a short read spins on EAGAIN instead of timing out.
+_POLL = 0.0001
+
+
+def socket_of(conn: Connection) -> socket.socket | None:
+    """The raw socket of a plain-TCP py-amqp connection, for select(); None otherwise.
+
+    TLS keeps decrypted bytes in its own buffer, which select() cannot see,
+    and the in-memory transport has no socket: both are polled instead.
+    """
+    if conn.transport.driver_type != "amqp" or conn.ssl:
+        return None
+    sock = getattr(getattr(conn.connection, "transport", None), "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def drain_ready(conn: Connection) -> int:
+    """Handle every frame that has already arrived, without waiting; how many were read."""
+    count = 0
+    try:
+        while True:
+            conn.drain_events(timeout=_POLL)
+            count += 1
+    except TimeoutError:
+        return count
+
+
+class Waker:
+    """Lets another thread wake one blocked in select() on a broker socket."""
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+
+    def wake(self) -> None:
+        """Wake the waiting thread (cheap; repeated wakes coalesce)."""
+        try:
+            self._write.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # full of wake-ups already, or closed because the thread has ended
+
+    def wait(self, sock: socket.socket, timeout: float) -> bool:
+        """Block until woken, sock is readable, or timeout; True when sock is readable."""
+        readable, _, _ = select.select([self._read, sock], [], [], max(0.0, timeout))
+        if self._read in readable:
+            try:
+                while self._read.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+        return sock in readable
+
+    def wait_alone(self, timeout: float) -> None:
+        """Block until woken or timeout (for transports without a socket)."""
+        readable, _, _ = select.select([self._read], [], [], max(0.0, timeout))
+        if readable:
+            try:
+                while self._read.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        """Release the socket pair."""
+        self._read.close()
+        self._write.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from kombu import Consumer as KombuConsumer
 from kombu import Message
 
 from worker import logs
-from worker.broker import connection_for
+from worker.broker import Waker, connection_for, drain_ready, socket_of
 from worker.config import Config
 from worker.delivery import Delivery, Settlement
 from worker.retry import broker_policy
@@ -34,6 +35,7 @@ class Consumer:
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._consumer: KombuConsumer | None = None
+        self._waker = Waker()
         self.fanout_unique = uuid.uuid4().hex
         self.connected = threading.Event()
         self.received = 0
@@ -41,19 +43,25 @@ class Consumer:
     def stop(self) -> None:
         """Ask the loop to stop consuming and return."""
         self._stop.set()
+        self._waker.wake()
 
     def pause(self) -> None:
         """Stop taking new messages (they wait in the queue) until resume()."""
         self._paused.set()
+        self._waker.wake()
 
     def resume(self) -> None:
         """Take messages again after pause()."""
         self._paused.clear()
+        self._waker.wake()
 
     def run(self) -> None:
         """Consume until stop(), reconnecting with backoff when the broker goes away."""
         policy = broker_policy(event="consumer_reconnect_wait")
-        policy(self._serve)
+        try:
+            policy(self._serve)
+        finally:
+            self._waker.close()
 
     def _serve(self) -> None:
         if self._stop.is_set():
@@ -81,6 +89,8 @@ class Consumer:
 
     def _loop(self, conn: Any, consumer: KombuConsumer) -> None:
         consuming = False
+        sock = socket_of(conn)
+        next_heartbeat = time.monotonic()
         while not self._stop.is_set():
             wanted = not self._paused.is_set()
             if wanted and not consuming:
@@ -90,15 +100,20 @@ class Consumer:
                 consumer.cancel()
                 log.warning("consuming_paused")
             consuming = wanted
-            # Short waits while work is in flight so acks go out promptly;
-            # long ones when idle so an idle worker costs no CPU.
-            try:
-                conn.drain_events(timeout=0.002 if self._busy() else 0.5)
-            except TimeoutError:
-                pass
+            if sock is not None:
+                # Sleep until the broker sends something or a verb thread has a
+                # settlement for us: acks go out at once, and idle costs nothing.
+                if self._waker.wait(sock, 1.0):
+                    drain_ready(conn)
+            else:  # TLS or in-memory: poll, briefly while work is in flight
+                try:
+                    conn.drain_events(timeout=0.002 if self._busy() else 0.5)
+                except TimeoutError:
+                    pass
             self._settle_owed()
-            if conn.transport.driver_type != "memory":
+            if time.monotonic() >= next_heartbeat and conn.transport.driver_type == "amqp":
                 conn.heartbeat_check()
+                next_heartbeat = time.monotonic() + 1.0
         self._settle_owed()
 
     def _received(self, message: Message) -> None:
@@ -113,6 +128,7 @@ class Consumer:
                 log.error("settlement_repeated_ignored", action=action)
                 return
             self._settlements.put((generation, message, action))
+            self._waker.wake()
 
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         self._on_delivery(Delivery(body, bool(message.delivery_info.get("redelivered")), settle,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 import structlog
@@ -330,9 +331,14 @@ class Dispatcher:
         """Publish, wait for every confirm, then settle; unconfirmed means requeue."""
         self._unwatch(req)  # no heartbeat may follow the final reply
         futures = [self.outbox.send(out) for out in outgoing]
-        done, not_done = wait(futures, timeout=self.cfg.confirm_timeout * 2)
-        if not_done or any(f.exception() is not None for f in done):
-            log.error("publish_unconfirmed_message_requeued")
+        deadline = time.monotonic() + self.cfg.confirm_timeout * 2
+        try:
+            # One future at a time: cheaper than concurrent.futures.wait,
+            # which installs a waiter on each.
+            for future in futures:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as exc:  # unconfirmed or refused: it must be delivered again
+            log.error("publish_unconfirmed_message_requeued", error=str(exc)[:200])
             self._settle(req, settle, "requeue")
             return
         if on_success == "ack":

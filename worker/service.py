@@ -62,7 +62,10 @@ class Service:
         self.publisher.send(self.dispatcher.event_outgoing(event))
 
     def _lifecycle(self, uuid: str, event: int, detail: int) -> None:
-        self.watch.lifecycle(uuid, event, detail)
+        # Most events are our own verbs at work; their end events say it all,
+        # so drop those here rather than look at the domain again later.
+        if not self.executor.busy(uuid.lower()):
+            self.watch.lifecycle(uuid, event, detail)
 
     def _verb_ended(self, uuid: str, result: Any) -> None:
         if isinstance(result, dict) and "power_state" in result:
