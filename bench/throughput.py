@@ -1,4 +1,4 @@
-"""Throughput: pause/unpause casts through the worker vs a raw kombu loop doing the same broker work.
+"""Throughput: pause/unpause casts through the worker vs a raw kombu loop doing the same work.
 
 Both sides consume N casts from a queue on the same RabbitMQ, ack each, and
 publish two events per cast (start and end) on a second connection with
