@@ -1,0 +1,229 @@
+"""Private RabbitMQ nodes for tests that restart, reconfigure or break a broker.
+
+DESIGN.md's recipe: a node of our own name, ports and directories, owned by
+the rabbitmq user (the server drops to it), so the system broker is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection
+
+HOSTNAME = socket.gethostname()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
+               interval: float = 0.1) -> Any:
+    """Poll predicate until it returns something true; AssertionError after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return raw.replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a log file, for failure messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"<{path}: {exc}>"
+
+
+def free_port(start: int) -> int:
+    """The first free TCP port from start on."""
+    for port in range(start, start + 200):
+        if port_free(port):
+            return port
+    raise AssertionError(f"no free port from {start}")
+
+
+class PrivateBroker:
+    """A RabbitMQ node of our own (DESIGN.md's recipe), on its own ports and directories."""
+
+    def __init__(self, name: str = "rabbitfault", port: int = 5682, dist_port: int = 25682) -> None:
+        if not (port_free(port) and port_free(dist_port)):
+            # A leftover or a neighbour holds the usual ports: take another pair.
+            tag = uuid.uuid4().hex[:6]
+            name = f"{name}{tag}"
+            port, dist_port = self._free_pair()
+        self.node = f"{name}@{HOSTNAME}"
+        self.port, self.dist_port = port, dist_port
+        # Not under pytest's tmp dir: that is root-only and the server runs as rabbitmq.
+        self.base = Path(tempfile.mkdtemp(prefix="cw-faults-rabbit-"))
+        os.chmod(self.base, 0o755)
+        for sub in ("mnesia", "log"):
+            (self.base / sub).mkdir()
+        (self.base / "enabled_plugins").write_text("[].\n")
+        for path in (self.base, self.base / "mnesia", self.base / "log",
+                     self.base / "enabled_plugins"):
+            shutil.chown(path, "rabbitmq", "rabbitmq")
+        self.pid_file = self.base / "rabbit.pid"
+        self.log_file = self.base / "log" / f"{self.node}.log"
+        self.stops = 0
+        #: Extra environment for the node (a config file, say), set before start().
+        self.extra_env: dict[str, str] = {}
+
+    @staticmethod
+    def _free_pair() -> tuple[int, int]:
+        for port in range(5700, 5800):
+            if port_free(port) and port_free(port + 20000):
+                return port, port + 20000
+        raise AssertionError("no free port pair for a private RabbitMQ node")
+
+    @property
+    def url(self) -> str:
+        """AMQP URL of the node (guest is allowed from localhost)."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def env(self) -> dict[str, str]:
+        """Environment for rabbitmq-server and rabbitmqctl talking about this node."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        env.update(
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(self.base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(self.base / "log"),
+            RABBITMQ_PID_FILE=str(self.pid_file),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.base / "enabled_plugins"),
+        )
+        env.update(self.extra_env)
+        return env
+
+    def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
+        """Run ``rabbitmqctl -n NODE args``; its stdout."""
+        done = subprocess.run(["rabbitmqctl", "-n", self.node, *args], env=self.env(),
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): "
+                                 f"{done.stdout[-500:]} {done.stderr[-500:]}")
+        return done.stdout
+
+    def pid(self) -> int | None:
+        """The node's OS pid while it runs (checked against its command line)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) and self.node in _cmdline(pid) else None
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Boot the node and wait until it serves AMQP."""
+        subprocess.run(["rabbitmq-server", "-detached"], env=self.env(), timeout=30,
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Until an AMQP connection opens and the node says it has booted."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with Connection(self.url, connect_timeout=1) as conn:
+                    conn.ensure_connection(max_retries=1, timeout=1)
+                break
+            except Exception as exc:  # refused while booting
+                if time.monotonic() >= deadline:
+                    raise AssertionError(f"private RabbitMQ {self.node} did not come up in "
+                                         f"{timeout:.0f}s ({exc!r}); log:\n{tail(self.log_file)}"
+                                         ) from None
+                time.sleep(0.2)
+        left = max(5, int(deadline - time.monotonic()))
+        self.ctl("await_startup", "--timeout", str(left), timeout=left + 15)
+
+    def stop_app(self) -> None:
+        """Stop the RabbitMQ application (the Erlang VM stays): every connection drops."""
+        self.ctl("stop_app")
+        self.stops += 1
+
+    def start_app(self, timeout: float = 60.0) -> None:
+        """Start the application again and wait until it serves."""
+        self.ctl("start_app", timeout=timeout)
+        self.wait_ready(timeout)
+
+    def stop_node(self, timeout: float = 60.0) -> None:
+        """Stop the whole node (the VM exits) and wait for its process to be gone."""
+        pid = self.pid()
+        self.ctl("stop", timeout=timeout, check=False)
+        if pid is not None:
+            wait_until(lambda: not _pid_alive(pid), timeout, f"{self.node} (pid {pid}) to exit")
+        self.stops += 1
+
+    def queue_counts(self, name: str) -> tuple[int, int] | None:
+        """(ready, unacked) of a queue on this node; None if it does not exist."""
+        return queue_counts(name, node=self.node, env=self.env())
+
+    def ssl_connections(self) -> int:
+        """How many client connections to this node use TLS."""
+        rows = json.loads(self.ctl("list_connections", "ssl", "--formatter", "json") or "[]")
+        return sum(1 for row in rows if row.get("ssl"))
+
+    def close(self) -> None:
+        """Stop the node (killing it if it will not stop) and remove its directories."""
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(Exception):
+                self.ctl("stop", timeout=60, check=False)
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: not _pid_alive(pid), 20, "the private node to exit")
+            if _pid_alive(pid) and self.node in _cmdline(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def queue_counts(name: str, *, node: str | None = None,
+                 env: dict[str, str] | None = None) -> tuple[int, int] | None:
+    """(messages ready, messages unacknowledged) of a queue, as rabbitmqctl reports them."""
+    argv = ["rabbitmqctl"] + (["-n", node] if node else []) + [
+        "list_queues", "name", "messages_ready", "messages_unacknowledged", "--formatter", "json"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"rabbitmqctl list_queues failed: {done.stderr[-300:]}")
+    for row in json.loads(done.stdout or "[]"):
+        if row.get("name") == name:
+            return int(row["messages_ready"]), int(row["messages_unacknowledged"])
+    return None
