@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import uuid
@@ -60,10 +59,11 @@ class EventTap:
                 while not self._stop.is_set():
                     try:
                         conn.drain_events(timeout=0.2)
-                    except socket.timeout:
+                    except TimeoutError:
                         pass
 
-    def wait_for(self, predicate: Callable[[list[Event]], bool], timeout: float = 20.0) -> list[Event]:
+    def wait_for(self, predicate: Callable[[list[Event]], bool],
+                 timeout: float = 20.0) -> list[Event]:
         """Block until predicate(events) holds; AssertionError with the events seen if not."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -110,20 +110,29 @@ def define_test_domains(count: int, *, prefix: str = "t") -> list[str]:
     return uuids
 
 
+def remove_domain(conn: libvirt.virConnect, uid: str) -> None:
+    """Destroy, drop the managed-save image and undefine a domain if it is still there."""
+    try:
+        dom = conn.lookupByUUIDString(uid)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return
+        raise
+    if dom.isActive():
+        dom.destroy()
+    if dom.hasManagedSaveImage(0):
+        dom.managedSaveRemove(0)
+    if dom.isPersistent():
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                          | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+
 def remove_test_domains(uuids: list[str]) -> None:
     """Destroy and undefine test domains that are still there."""
     conn = libvirt.open("test:///default")
     try:
         for uid in uuids:
-            try:
-                dom = conn.lookupByUUIDString(uid)
-            except libvirt.libvirtError:
-                continue
-            if dom.isActive():
-                dom.destroy()
-            if dom.hasManagedSaveImage(0):
-                dom.managedSaveRemove(0)
-            dom.undefine()
+            remove_domain(conn, uid)
     finally:
         conn.close()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.e2e.support import QEMU_URI, Verbs, Vm, define_vm, kvm_works, remove_vm
-from tests.helpers import EventTap
+from tests.e2e.support import QEMU_URI, Verbs, Vm, define_vm, kvm_works
+from tests.helpers import EventTap, remove_domain
 from worker.client import RpcClient
 from worker.config import Config
 from worker.hypervisor import start_event_loop
@@ -72,7 +72,7 @@ def vms(qemu: libvirt.virConnect, domain_type: str) -> Iterator[Callable[..., li
 
 def _removal_failure(conn: libvirt.virConnect, vm: Vm) -> str | None:
     try:
-        remove_vm(conn, vm.uuid)
+        remove_domain(conn, vm.uuid)
     except libvirt.libvirtError as exc:
         return f"{vm.name}: {exc}"
     return None

@@ -77,23 +77,6 @@ def define_vm(conn: libvirt.virConnect, domain_type: str) -> Vm:
     return vm
 
 
-def remove_vm(conn: libvirt.virConnect, uid: str) -> None:
-    """Destroy, drop the managed-save image and undefine a domain if it is still there."""
-    try:
-        dom = conn.lookupByUUIDString(uid)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return
-        raise
-    if dom.isActive():
-        dom.destroy()
-    if dom.hasManagedSaveImage(0):
-        dom.managedSaveRemove(0)
-    if dom.isPersistent():
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                          | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-
-
 @dataclass(frozen=True)
 class VerbRun:
     """What one cast produced: its start and end (or error) events and how long it took."""

@@ -96,8 +96,8 @@ def test_one_instance_keeps_arrival_order_while_others_run(
         for uid in uids:
             rpc.cast(cfg.host, method, {"instance": {"uuid": uid}})
     for uid in uids:
-        tap.wait_for(lambda _: len([e for e in tap.of(uid)
-                                    if e["event_type"].endswith((".end", ".error"))]) >= rounds)
+        tap.wait_for(lambda _, uid=uid: len(
+            [e for e in tap.of(uid) if e["event_type"].endswith((".end", ".error"))]) >= rounds)
         ends = [e for e in tap.of(uid) if e["event_type"].endswith((".end", ".error"))]
         expected = ["instance.pause.end", "instance.unpause.end"] * (rounds // 2)
         assert expected == [e["event_type"] for e in ends]

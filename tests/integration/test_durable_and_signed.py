@@ -49,7 +49,7 @@ def durable_cfg(make_config: Callable[..., Config]) -> Iterator[Config]:
 
 def test_quorum_queue_serves_and_dead_letters_rejects(
         durable_cfg: Config, domains: Callable[[int], list[str]]) -> None:
-    """With durable queues, a quorum host queue serves casts; a rejected one lands in the DLX queue."""
+    """With durable queues a quorum host queue serves casts; rejects land in the DLX queue."""
     cfg = durable_cfg
     tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic,
                    durable=True)

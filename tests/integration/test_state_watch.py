@@ -23,7 +23,7 @@ def _updates(tap: EventTap, uid: str) -> list[dict[str, object]]:
 def test_operator_pause_is_reported_with_old_and_new_state(
         worker: Service, tap: EventTap, test_driver: libvirt.virConnect,
         domains: Callable[[int], list[str]]) -> None:
-    """A pause done behind the worker's back (virsh-style) yields instance.update running->paused."""
+    """A pause behind the worker's back (virsh-style) yields instance.update running->paused."""
     (uid,) = domains(1)
     tap.wait_for(lambda _: any(d["power_state"] == "running" for d in _updates(tap, uid)))
     test_driver.lookupByUUIDString(uid).suspend()
@@ -53,7 +53,7 @@ def test_guest_power_off_is_reported_after_the_debounce(
 def test_our_own_verbs_are_not_reported_as_updates(
         worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config,
         domains: Callable[[int], list[str]]) -> None:
-    """A hard reboot (stop then start inside libvirt) yields reboot events and no instance.update."""
+    """A hard reboot (a stop then a start in libvirt) gives reboot events, no instance.update."""
     (uid,) = domains(1)
     # The domain appearing (defined, then started) is news: wait until it is told.
     tap.wait_for(lambda _: any(d["power_state"] == "running" for d in _updates(tap, uid)))

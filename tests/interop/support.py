@@ -21,7 +21,7 @@ from oslo_messaging import opts as oslo_opts
 from oslo_messaging._metrics import client as oslo_metrics
 from oslo_messaging._tracing import client as oslo_tracing
 
-from tests.helpers import domain_state
+from tests.helpers import domain_state, remove_domain
 from worker import schemas
 from worker.config import Config
 
@@ -250,16 +250,6 @@ def remove_qemu_domains(uuids: list[str]) -> None:
     conn = libvirt.open(QEMU_URI)
     try:
         for uid in uuids:
-            try:
-                dom = conn.lookupByUUIDString(uid)
-            except libvirt.libvirtError:
-                continue
-            if dom.isActive():
-                dom.destroy()
-            if dom.hasManagedSaveImage(0):
-                dom.managedSaveRemove(0)
-            if dom.isPersistent():
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            remove_domain(conn, uid)
     finally:
         conn.close()
-

@@ -58,7 +58,7 @@ def test_lookup_unknown_method_at_a_served_version_is_no_such_method() -> None:
     Request("pause_instance", {}, version="6.0"),
 ], ids=["foreign namespace", "unknown method at another version", "known method, old version"])
 def test_lookup_checks_namespace_and_version_first(request_: Request) -> None:
-    """A namespace we do not serve or an incompatible version is UnsupportedVersion, as oslo says."""
+    """An unserved namespace or an incompatible version is UnsupportedVersion, as in oslo."""
     with pytest.raises(UnsupportedVersion):
         lookup(request_)
 
