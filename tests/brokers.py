@@ -38,7 +38,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
-def port_free(port: int) -> bool:
+def _node_registered(name: str) -> bool:
+    """True when epmd already knows an Erlang node of this short name."""
+    try:
+        done = subprocess.run(["epmd", "-names"], capture_output=True, text=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any(line.split()[1:2] == [name] for line in done.stdout.splitlines())
+
+
+def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -48,7 +58,7 @@ def port_free(port: int) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -58,12 +68,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        return raw.replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
+    return {k: v for k, _, v in pairs}
 
 
 def tail(path: Path, lines: int = 25) -> str:
@@ -74,19 +93,11 @@ def tail(path: Path, lines: int = 25) -> str:
         return f"<{path}: {exc}>"
 
 
-def free_port(start: int) -> int:
-    """The first free TCP port from start on."""
-    for port in range(start, start + 200):
-        if port_free(port):
-            return port
-    raise AssertionError(f"no free port from {start}")
-
-
 class PrivateBroker:
     """A RabbitMQ node of our own (DESIGN.md's recipe), on its own ports and directories."""
 
     def __init__(self, name: str = "rabbitfault", port: int = 5682, dist_port: int = 25682) -> None:
-        if not (port_free(port) and port_free(dist_port)):
+        if not (_port_free(port) and _port_free(dist_port)) or _node_registered(name):
             # A leftover or a neighbour holds the usual ports: take another pair.
             tag = uuid.uuid4().hex[:6]
             name = f"{name}{tag}"
@@ -111,7 +122,7 @@ class PrivateBroker:
     @staticmethod
     def _free_pair() -> tuple[int, int]:
         for port in range(5700, 5800):
-            if port_free(port) and port_free(port + 20000):
+            if _port_free(port) and _port_free(port + 20000):
                 return port, port + 20000
         raise AssertionError("no free port pair for a private RabbitMQ node")
 
@@ -145,12 +156,14 @@ class PrivateBroker:
         return done.stdout
 
     def pid(self) -> int | None:
-        """The node's OS pid while it runs (checked against its command line)."""
+        """The node's OS pid while it runs (its environment names this node)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) and self.node in _cmdline(pid) else None
+        if pid_alive(pid) and _environ(pid).get("RABBITMQ_NODENAME") == self.node:
+            return pid
+        return None
 
     def start(self, timeout: float = 90.0) -> None:
         """Boot the node and wait until it serves AMQP."""
@@ -169,8 +182,8 @@ class PrivateBroker:
             except Exception as exc:  # refused while booting
                 if time.monotonic() >= deadline:
                     raise AssertionError(f"private RabbitMQ {self.node} did not come up in "
-                                         f"{timeout:.0f}s ({exc!r}); log:\n{tail(self.log_file)}"
-                                         ) from None
+                                         f"{timeout:.0f}s ({exc!r}); log:\n"
+                                         f"{tail(self.log_file)}") from None
                 time.sleep(0.2)
         left = max(5, int(deadline - time.monotonic()))
         self.ctl("await_startup", "--timeout", str(left), timeout=left + 15)
@@ -190,7 +203,7 @@ class PrivateBroker:
         pid = self.pid()
         self.ctl("stop", timeout=timeout, check=False)
         if pid is not None:
-            wait_until(lambda: not _pid_alive(pid), timeout, f"{self.node} (pid {pid}) to exit")
+            wait_until(lambda: not pid_alive(pid), timeout, f"{self.node} (pid {pid}) to exit")
         self.stops += 1
 
     def queue_counts(self, name: str) -> tuple[int, int] | None:
@@ -205,12 +218,12 @@ class PrivateBroker:
     def close(self) -> None:
         """Stop the node (killing it if it will not stop) and remove its directories."""
         pid = self.pid()
+        with contextlib.suppress(Exception):
+            self.ctl("stop", timeout=60, check=False)  # by name: works without the pid too
         if pid is not None:
-            with contextlib.suppress(Exception):
-                self.ctl("stop", timeout=60, check=False)
             with contextlib.suppress(AssertionError):
-                wait_until(lambda: not _pid_alive(pid), 20, "the private node to exit")
-            if _pid_alive(pid) and self.node in _cmdline(pid):
+                wait_until(lambda: not pid_alive(pid), 20, "the private node to exit")
+            if pid_alive(pid) and _environ(pid).get("RABBITMQ_NODENAME") == self.node:
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base, ignore_errors=True)
 
@@ -227,3 +240,11 @@ def queue_counts(name: str, *, node: str | None = None,
         if row.get("name") == name:
             return int(row["messages_ready"]), int(row["messages_unacknowledged"])
     return None
+
+
+def free_port(start: int) -> int:
+    """The first free TCP port from start on."""
+    for port in range(start, start + 200):
+        if _port_free(port):
+            return port
+    raise AssertionError(f"no free port from {start}")

@@ -89,7 +89,7 @@ class Config:
     journal_max_entries: int = _opt(100000, "completed message ids kept", minimum=10)
     journal_max_age: float = _opt(7 * 86400.0, "seconds a completed id is kept", minimum=60)
     libvirt_retry_seconds: float = _opt(
-        60.0, "how long a verb waits for libvirt to come back", minimum=0
+        10.0, "longest wait between retries of a verb waiting for libvirt", minimum=0.1
     )
     log_level: str = _opt(
         "info", "log level", choices=("debug", "info", "warning", "error")

@@ -16,7 +16,7 @@ from worker import logs
 from worker.broker import Waker, connection_for, drain_ready, socket_of
 from worker.config import Config
 from worker.delivery import Delivery, Settlement
-from worker.retry import broker_policy
+from worker.retry import reconnecting
 from worker.topology import declared_only, rpc_queues
 
 log = logs.get(__name__)
@@ -57,35 +57,40 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until stop(), reconnecting with backoff when the broker goes away."""
-        policy = broker_policy(event="consumer_reconnect_wait")
         try:
-            policy(self._serve)
+            reconnecting(self._connect, self._serve, name="consumer",
+                         stopping=self._stop.is_set)
         finally:
             self._waker.close()
 
-    def _serve(self) -> None:
-        if self._stop.is_set():
-            return
-        with connection_for(self.cfg, confirm=False) as conn:
+    def _connect(self) -> Any:
+        conn = connection_for(self.cfg, confirm=False)
+        try:
             conn.ensure_connection(max_retries=1)
-            channel = conn.channel()
-            channel.basic_qos(0, self.cfg.prefetch_count, False)
-            for extra in declared_only(self.cfg):
-                extra(channel).declare()
-            queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
-            for q in queues:
-                q.declare()
-            # on_message gets the raw message: we decode it ourselves, so an
-            # undecodable body is answered and rejected, not silently dropped.
-            consumer = KombuConsumer(channel, queues, on_message=self._received, no_ack=False)
-            self._generation += 1
-            self.connected.set()
-            log.info("consumer_connected", url=conn.as_uri(), queues=[q.name for q in queues],
-                     prefetch=self.cfg.prefetch_count)
-            try:
-                self._loop(conn, consumer)
-            finally:
-                self.connected.clear()
+        except Exception:
+            conn.release()
+            raise
+        return conn
+
+    def _serve(self, conn: Any) -> None:
+        channel = conn.channel()
+        channel.basic_qos(0, self.cfg.prefetch_count, False)
+        for extra in declared_only(self.cfg):
+            extra(channel).declare()
+        queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
+        for q in queues:
+            q.declare()
+        # on_message gets the raw message: we decode it ourselves, so an
+        # undecodable body is answered and rejected, not silently dropped.
+        consumer = KombuConsumer(channel, queues, on_message=self._received, no_ack=False)
+        self._generation += 1
+        self.connected.set()
+        log.info("consumer_connected", url=conn.as_uri(), queues=[q.name for q in queues],
+                 prefetch=self.cfg.prefetch_count)
+        try:
+            self._loop(conn, consumer)
+        finally:
+            self.connected.clear()
 
     def _loop(self, conn: Any, consumer: KombuConsumer) -> None:
         consuming = False

@@ -234,7 +234,10 @@ class Dispatcher:
                 result = method.handler(ctx, args)
             except HypervisorUnavailable:
                 # Only now build the retry policy: the common path pays nothing for it.
-                policy = libvirt_policy(self.cfg.libvirt_retry_seconds,
+                # Wait for libvirt here, holding this instance's place in line;
+                # only a stop gives up (and then every later verb of the
+                # instance goes back to the queue too, in order).
+                policy = libvirt_policy(lambda: self.draining, self.cfg.libvirt_retry_seconds,
                                         **({"sleep": self._retry_sleep} if self._retry_sleep
                                            else {}))
                 result = policy(method.handler, ctx, args)
@@ -242,7 +245,7 @@ class Dispatcher:
                      power_state=result.get("power_state") if isinstance(result, dict) else None)
             answers = self._answers(req, method, result=result)
         except HypervisorUnavailable as exc:
-            log.error("libvirt_unavailable_message_requeued", error=exc.message)
+            log.error("libvirt_unavailable_at_stop_message_requeued", error=exc.message)
             answers = None
         except Exception as exc:  # every failure is answered, none crashes the worker
             if isinstance(exc, WorkerError) and exc.expected:

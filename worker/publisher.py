@@ -25,7 +25,7 @@ from worker.broker import Waker, connection_for, drain_ready, socket_of
 from worker.config import Config
 from worker.errors import PublishError
 from worker.journal import Outgoing
-from worker.retry import broker_policy
+from worker.retry import reconnecting
 from worker.topology import control_exchange, notification_queues
 
 log = logs.get(__name__)
@@ -130,46 +130,54 @@ class Publisher:
     # --- the publishing thread ---------------------------------------------------
 
     def _run(self) -> None:
-        policy = broker_policy(event="publisher_reconnect_wait")
         try:
-            policy(self._serve)
+            reconnecting(self._connect, self._serve, name="publisher",
+                         stopping=lambda: self._stopping and not self._queue)
         finally:
             self._waker.close()
 
-    def _serve(self) -> None:
-        with connection_for(self.cfg) as conn:
+    def _connect(self) -> Connection:
+        conn = connection_for(self.cfg)
+        try:
             conn.ensure_connection(max_retries=1)
-            channel = conn.channel()
-            control_exchange(self.cfg)(channel).declare()
-            for queue in notification_queues(self.cfg):
-                queue(channel).declare()
-            confirms = conn.transport.driver_type == "amqp"
-            unconfirmed = _Unconfirmed()
-            if confirms:
-                # py-amqp reads the socket before *every* publish when the
-                # client advertises connection.blocked, to notice a block
-                # first; this thread reads the socket right after each batch
-                # anyway, so that extra read is only cost (8% of the hot path).
-                conn.connection.client_properties.setdefault("capabilities", {})[
-                    "connection.blocked"] = False
-                channel.confirm_select()
-                channel.events["basic_ack"].add(
-                    lambda tag, multiple: unconfirmed.settle(tag, multiple, None))
-                channel.events["basic_nack"].add(
-                    lambda tag, multiple: unconfirmed.settle(tag, multiple, "nacked by broker"))
-                channel.events["basic_return"].add(self._returned)
-                publish = self._amqp_publisher(channel)
-            else:
-                publish = self._kombu_publisher(Producer(channel, on_return=self._returned))
-            self._connected.set()
-            log.info("publisher_connected", url=conn.as_uri(), confirms=confirms)
-            try:
-                self._pump(conn, publish, unconfirmed if confirms else None)
-            except BaseException:
-                # Not confirmed on this connection: first in line on the next one.
-                with self._lock:
-                    self._queue.extendleft(reversed([i for i, _ in unconfirmed.items.values()]))
-                raise
+        except Exception:
+            conn.release()
+            raise
+        return conn
+
+    def _serve(self, conn: Connection) -> None:
+        """One connection's life; reconnecting() opens and closes the connection."""
+        channel = conn.channel()
+        control_exchange(self.cfg)(channel).declare()
+        for queue in notification_queues(self.cfg):
+            queue(channel).declare()
+        confirms = conn.transport.driver_type == "amqp"
+        unconfirmed = _Unconfirmed()
+        if confirms:
+            # py-amqp reads the socket before *every* publish when the
+            # client advertises connection.blocked, to notice a block
+            # first; this thread reads the socket right after each batch
+            # anyway, so that extra read is only cost (8% of the hot path).
+            conn.connection.client_properties.setdefault("capabilities", {})[
+                "connection.blocked"] = False
+            channel.confirm_select()
+            channel.events["basic_ack"].add(
+                lambda tag, multiple: unconfirmed.settle(tag, multiple, None))
+            channel.events["basic_nack"].add(
+                lambda tag, multiple: unconfirmed.settle(tag, multiple, "nacked by broker"))
+            channel.events["basic_return"].add(self._returned)
+            publish = self._amqp_publisher(channel)
+        else:
+            publish = self._kombu_publisher(Producer(channel, on_return=self._returned))
+        self._connected.set()
+        log.info("publisher_connected", url=conn.as_uri(), confirms=confirms)
+        try:
+            self._pump(conn, publish, unconfirmed if confirms else None)
+        except BaseException:
+            # Not confirmed on this connection: first in line on the next one.
+            with self._lock:
+                self._queue.extendleft(reversed([i for i, _ in unconfirmed.items.values()]))
+            raise
 
     def _amqp_publisher(self, channel: Any) -> Callable[[Outgoing], None]:
         # Straight to py-amqp: kombu's Producer.publish costs several times the

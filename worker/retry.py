@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,12 +24,18 @@ def _log_before_sleep(event: str) -> Callable[[tenacity.RetryCallState], None]:
     return before_sleep
 
 
-def libvirt_policy(max_delay: float, sleep: Sleep = time.sleep) -> tenacity.Retrying:
-    """Retry while libvirt is unreachable: exponential backoff with jitter, up to max_delay."""
+def libvirt_policy(stopping: Callable[[], bool], max_wait: float = 10.0,
+                   sleep: Sleep = time.sleep) -> tenacity.Retrying:
+    """Retry a verb while libvirt is unreachable, until it is back or stopping() says stop.
+
+    A verb never gives up on its own: requeueing it would let the verbs
+    queued behind it on the same instance run first. Backoff is exponential
+    with jitter, each wait at most max_wait.
+    """
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(HypervisorUnavailable),
-        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5),
-        stop=tenacity.stop_after_delay(max_delay),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=max_wait, jitter=0.5),
+        stop=lambda _state: stopping(),
         before_sleep=_log_before_sleep("libvirt_retry"),
         sleep=sleep,
         reraise=True,
@@ -36,10 +43,11 @@ def libvirt_policy(max_delay: float, sleep: Sleep = time.sleep) -> tenacity.Retr
 
 
 def libvirt_reconnect_policy(sleep: Sleep = time.sleep) -> tenacity.Retrying:
-    """Reopen a lost libvirt connection forever: backoff with jitter, capped at 30 s."""
+    """Reopen a lost libvirt connection forever: backoff with jitter, capped at 5 s."""
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(HypervisorUnavailable),
-        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=30, jitter=0.5),
+        # Capped low: while libvirt is away the host takes no work at all.
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.5),
         before_sleep=_log_before_sleep("libvirt_reconnect_wait"),
         sleep=sleep,
         reraise=True,
@@ -66,3 +74,25 @@ def backoff_delays(policy: tenacity.Retrying, attempts: int) -> list[float]:
         state.attempt_number = number
         delays.append(float(policy.wait(state)))
     return delays
+
+
+def reconnecting(connect: Callable[[], Any], serve: Callable[[Any], None], *, name: str,
+                 stopping: Callable[[], bool], sleep: Sleep = time.sleep) -> None:
+    """Open with backoff, serve until the connection is lost, and again, until stopping().
+
+    Each outage gets a fresh policy, so the backoff starts small again: a
+    worker that has lived through many outages still comes back at once.
+    """
+    while not stopping():
+        conn = broker_policy(sleep, event=f"{name}_reconnect_wait")(connect)
+        began = time.monotonic()
+        try:
+            serve(conn)
+        except Exception as exc:  # any loss of the connection: log it and connect again
+            log.warning(f"{name}_connection_lost", error=f"{type(exc).__name__}: {exc}"[:300])
+            if time.monotonic() - began < 1.0:
+                # Lost at once (a refused declare, say): do not spin on it.
+                sleep(1.0)
+        finally:
+            with contextlib.suppress(Exception):
+                conn.release()
