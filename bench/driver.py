@@ -1,9 +1,16 @@
 """The scheduler side of a benchmark, in its own process so it does not share the GIL.
 
-Reads a JSON job on stdin: {"url", "exchange", "topic", "routing_key", "bodies": [...],
-"ready_file"}; binds an event counter, publishes the bodies as fast as it can,
-waits for one end (or error) event per body, and prints
-{"casts", "seconds", "first_publish", "last_end"} as one JSON line.
+Reads one JSON job on stdin and prints JSON lines: {"ready": true} once its
+event counter is bound, then its result. Modes:
+
+- ``burst``: publish ``bodies`` as fast as it can, wait for one end (or error)
+  event per body; result {"casts", "seconds"}.
+- ``paced``: publish ``bodies`` at ``rate`` per second; ``ids`` are the
+  message_ids their end events will carry; result {"latencies_ms": [...]}.
+- ``calls``: ``count`` calls of ``method`` with ``args_list`` in turn, one after
+  another; result {"latencies_ms": [...]}.
+- ``rtt``: ``count`` raw publish -> consume round trips on a private queue;
+  result {"latencies_ms": [...]}.
 """
 
 from __future__ import annotations
@@ -11,29 +18,110 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
+from typing import Any
 
-from kombu import Connection, Exchange, Producer
+from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from bench.common import EventCounter, is_end
+from worker.client import RpcClient
+
+
+def _publisher(job: dict[str, Any]) -> tuple[Connection, Producer, Exchange]:
+    conn = Connection(job["url"])
+    return conn, Producer(conn.channel()), Exchange(job["exchange"], type="topic", durable=False)
+
+
+def _publish(producer: Producer, exchange: Exchange, routing_key: str, body: bytes) -> None:
+    producer.publish(body, exchange=exchange, routing_key=routing_key,
+                     content_type="application/json", content_encoding="utf-8", delivery_mode=2)
+
+
+def burst(job: dict[str, Any]) -> dict[str, Any]:
+    """Casts as fast as possible; seconds from the first publish to the last end event."""
+    counter = EventCounter(job["url"], job["exchange"], job["topic"])
+    bodies = [b.encode() for b in job["bodies"]]
+    print(json.dumps({"ready": True}), flush=True)
+    conn, producer, exchange = _publisher(job)
+    with conn:
+        started = time.perf_counter()
+        for body in bodies:
+            _publish(producer, exchange, job["routing_key"], body)
+    last = counter.wait(is_end, len(bodies), timeout=job.get("timeout", 300))
+    counter.close()
+    return {"casts": len(bodies), "seconds": last - started}
+
+
+def paced(job: dict[str, Any]) -> dict[str, Any]:
+    """Casts at a fixed rate; ms from each publish to its end event."""
+    counter = EventCounter(job["url"], job["exchange"], job["topic"])
+    print(json.dumps({"ready": True}), flush=True)
+    sent: dict[str, float] = {}
+    conn, producer, exchange = _publisher(job)
+    with conn:
+        start = time.perf_counter()
+        for number, (body, mid) in enumerate(zip(job["bodies"], job["ids"], strict=True)):
+            sent[mid] = time.perf_counter()
+            _publish(producer, exchange, job["routing_key"], body.encode())
+            delay = start + (number + 1) / job["rate"] - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+    counter.wait(lambda kind: kind.endswith(".end"), len(sent), timeout=job.get("timeout", 300))
+    counter.close()
+    latencies = [(at - sent[event["message_id"]]) * 1000
+                 for kind, items in counter.arrivals.items() if kind.endswith(".end")
+                 for at, event in items if event["message_id"] in sent]
+    return {"latencies_ms": latencies}
+
+
+def calls(job: dict[str, Any]) -> dict[str, Any]:
+    """Calls one after another; ms per round trip."""
+    print(json.dumps({"ready": True}), flush=True)
+    latencies = []
+    with Connection(job["url"]) as conn:
+        client = RpcClient(conn, exchange=job["exchange"], topic=job.get("rpc_topic", "compute"))
+        for number in range(job["count"]):
+            args = job["args_list"][number % len(job["args_list"])]
+            started = time.perf_counter()
+            client.call(job["host"], job["method"], args, timeout=30)
+            latencies.append((time.perf_counter() - started) * 1000)
+    return {"latencies_ms": latencies}
+
+
+def rtt(job: dict[str, Any]) -> dict[str, Any]:
+    """The raw broker: publish one message, consume it, count times; ms each."""
+    print(json.dumps({"ready": True}), flush=True)
+    with Connection(job["url"]) as pub, Connection(job["url"]) as sub:
+        exchange = Exchange(job["exchange"], type="topic", durable=False)
+        name = f"rtt_{uuid.uuid4().hex}"
+        channel = sub.channel()
+        queue = Queue(name, exchange, routing_key=name, auto_delete=True)(channel)
+        queue.declare()
+        producer = Producer(pub.channel())
+        got: list[float] = []
+        latencies: list[float] = []
+        with Consumer(channel, [queue], on_message=lambda m: (got.append(time.perf_counter()),
+                                                              m.ack())):
+            for _ in range(job["count"]):
+                sent = time.perf_counter()
+                _publish(producer, exchange, name, b"{}")
+                while not got:
+                    try:
+                        sub.drain_events(timeout=5)
+                    except TimeoutError:
+                        break
+                latencies.append((got.pop() - sent) * 1000)
+    return {"latencies_ms": latencies}
+
+
+MODES = {"burst": burst, "paced": paced, "calls": calls, "rtt": rtt}
 
 
 def main() -> None:
     job = json.load(sys.stdin)
-    counter = EventCounter(job["url"], job["exchange"], job["topic"])
-    bodies = [b.encode() for b in job["bodies"]]
-    print(json.dumps({"ready": True}), flush=True)
     sys.stdin.close()
-    with Connection(job["url"]) as conn:
-        producer = Producer(conn.channel())
-        exchange = Exchange(job["exchange"], type="topic", durable=False)
-        started = time.perf_counter()
-        for body in bodies:
-            producer.publish(body, exchange=exchange, routing_key=job["routing_key"],
-                             content_type="application/json", content_encoding="utf-8",
-                             delivery_mode=2)
-    last = counter.wait(is_end, len(bodies), timeout=job.get("timeout", 300))
-    counter.close()
-    print(json.dumps({"casts": len(bodies), "seconds": last - started}), flush=True)
+    result = MODES[job.get("mode", "burst")](job)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from typing import Any
 
 import libvirt
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
@@ -46,24 +47,34 @@ def _cast_bodies(uuids: list[str], total: int) -> list[bytes]:
 
 
 class Driver:
-    """bench.driver in a subprocess: publishes the casts and counts the end events."""
+    """bench.driver in a subprocess (its own GIL): publishes casts, counts end events."""
 
-    def __init__(self, cfg: Config, routing_key: str, bodies: list[bytes]) -> None:
+    def __init__(self, cfg: Config, job: dict[str, Any]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "bench.driver"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps({
             "url": cfg.transport_url, "exchange": cfg.control_exchange,
-            "topic": cfg.notification_topic, "routing_key": routing_key,
-            "bodies": [b.decode() for b in bodies]}))
+            "topic": cfg.notification_topic, **job}))
         self.proc.stdin.close()
         assert json.loads(self.proc.stdout.readline())["ready"]
 
+    def result(self) -> dict[str, Any]:
+        """The driver's result line."""
+        assert self.proc.stdout is not None
+        result: dict[str, Any] = json.loads(self.proc.stdout.readline())
+        self.proc.wait(30)
+        return result
+
+    @classmethod
+    def burst(cls, cfg: Config, routing_key: str, bodies: list[bytes]) -> Driver:
+        """Publish bodies as fast as possible and count their end events."""
+        return cls(cfg, {"mode": "burst", "routing_key": routing_key,
+                         "bodies": [b.decode() for b in bodies]})
+
     def rate(self) -> float:
         """Casts per second, from the first publish to the last end event."""
-        assert self.proc.stdout is not None
-        result = json.loads(self.proc.stdout.readline())
-        self.proc.wait(30)
+        result = self.result()
         return float(result["casts"]) / float(result["seconds"])
 
 
@@ -82,7 +93,7 @@ def raw_loop(cfg: Config, bodies: list[bytes], confirm: bool) -> float:
         exchange(producer.channel).declare()
         inbox: list[Message] = []
         with Consumer(channel, [queue], on_message=inbox.append):
-            driver = Driver(cfg, queue_name, bodies)
+            driver = Driver.burst(cfg, queue_name, bodies)
             done = 0
             while done < len(bodies):
                 try:
@@ -113,7 +124,7 @@ def worker_run(cfg: Config, bodies: list[bytes]) -> float:
     service = Service(cfg)
     service.start()
     try:
-        return Driver(cfg, f"{cfg.topic}.{cfg.host}", bodies).rate()
+        return Driver.burst(cfg, f"{cfg.topic}.{cfg.host}", bodies).rate()
     finally:
         service.stop(grace=10)
 

@@ -44,15 +44,30 @@ def socket_of(conn: Connection) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def drain_ready(conn: Connection) -> int:
-    """Handle every frame that has already arrived, without waiting; how many were read."""
+def drain_ready(conn: Connection, sock: socket.socket | None = None) -> int:
+    """Handle every frame that has already arrived, without waiting; how many were read.
+
+    With the socket, readiness is asked of select() with a zero timeout: a
+    socket timeout of 0.1 ms would really wait 1 ms, because Python rounds
+    socket waits up to whole milliseconds.
+    """
     count = 0
-    try:
-        while True:
-            conn.drain_events(timeout=_POLL)
-            count += 1
-    except TimeoutError:
-        return count
+    while True:
+        if sock is not None:
+            transport = getattr(conn.connection, "transport", None)
+            buffered = bool(getattr(transport, "_read_buffer", b""))
+            if not buffered and not select.select([sock], [], [], 0)[0]:
+                return count
+            try:
+                conn.drain_events(timeout=1.0)  # bytes are there: the frame is complete or near
+            except TimeoutError:
+                return count
+        else:
+            try:
+                conn.drain_events(timeout=_POLL)
+            except TimeoutError:
+                return count
+        count += 1
 
 
 class Waker:

@@ -109,7 +109,7 @@ class Consumer:
                 # Sleep until the broker sends something or a verb thread has a
                 # settlement for us: acks go out at once, and idle costs nothing.
                 if self._waker.wait(sock, 1.0):
-                    drain_ready(conn)
+                    drain_ready(conn, sock)
             else:  # TLS or in-memory: poll, briefly while work is in flight
                 try:
                     conn.drain_events(timeout=0.002 if self._busy() else 0.5)

@@ -229,7 +229,7 @@ class Publisher:
                 else:
                     item[1].set_result(None)
             if unconfirmed is not None and unconfirmed.items:
-                drain_ready(conn)  # acks that came back while we were writing
+                drain_ready(conn, sock)  # acks that came back while we were writing
             with self._lock:
                 idle = not self._queue
                 if idle and self._stopping and not (unconfirmed and unconfirmed.items):
@@ -250,7 +250,7 @@ class Publisher:
         """Sleep until there is something to publish or to read from the broker."""
         if sock is not None:
             if self._waker.wait(sock, wait):
-                drain_ready(conn)
+                drain_ready(conn, sock)
         elif conn.transport.driver_type == "amqp":  # TLS: poll, briefly while acks are owed
             try:
                 conn.drain_events(timeout=min(wait, 0.002 if owed else 0.05))

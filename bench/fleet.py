@@ -1,0 +1,493 @@
+"""Fleet: N workers on one RabbitMQ, each its own host with a private libvirt test driver.
+
+Every worker is a worker.service.Service with its own host name and
+connection_uri test:///<node file> (a couple of running domains; each
+connection gets a private copy, so every host has the same domain UUIDs and
+its own state). For each fleet size N it reports: the throughput of casts
+spread across all hosts (pause/unpause alternating, counted by end events),
+cast -> end latency p50/p99 at a fixed moderate total rate, and the time one
+cast on the fanout exchange takes to produce an end event from all N hosts
+(beside one direct cast to one host, in the same run). Baselines in the same
+run: the raw broker round trip (measured as bench/latency.py does) and the N=1 row.
+
+Layout: the workers run in a few `python -m bench.fleet --serve` subprocesses
+(default one per core), the harness (publisher and event counter) in this
+one. Measured while writing this on 2 cores, N=100: all in one process is
+402 threads and 705 file descriptors (the worker waits with select(), which
+fails at descriptor 1024), and 150 casts/s; in 2 processes 315/s; in 4,
+309/s at 100 MiB more memory. So: one process per core (--procs to change).
+The casts go to a private topic, so the fanout exchange is <topic>_fanout of
+that topic (routing key <topic>), not the shared compute_fanout: other users
+of the broker cast to compute_fanout, and our fanout cast must not reach them.
+Run: .venv/bin/python -m bench.fleet
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+from lxml import etree
+
+from bench.common import (
+    BROKER,
+    EventCounter,
+    append_result,
+    bench_config,
+    is_end,
+    machine,
+    median,
+    percentile,
+)
+from worker import config as config_mod
+from worker import envelope, logs
+from worker.config import Config
+from worker.domain_xml import DomainSpec, domain
+from worker.service import Service
+from worker.topology import PRIORITIES
+
+PROCS = os.cpu_count() or 2
+
+
+def node_xml(path: str, count: int, *, prefix: str = "d", uuids: list[str] | None = None
+             ) -> list[str]:
+    """Write a libvirt test-driver node file with count running domains; their UUIDs.
+
+    Opening test:///<path> gives each connection its own private copy of this
+    node (domains defined in it start out running).
+    """
+    uuids = uuids or [str(uuid.uuid4()) for _ in range(count)]
+    node = etree.Element("node")
+    cpu = etree.SubElement(node, "cpu")
+    for tag, text in (("mhz", "2000"), ("model", "bench"), ("active", "2"), ("nodes", "1"),
+                      ("sockets", "1"), ("cores", "2"), ("threads", "1")):
+        etree.SubElement(cpu, tag).text = text
+    etree.SubElement(node, "memory").text = str(64 * 1024 * 1024)  # KiB
+    for number, uid in enumerate(uuids):
+        node.append(domain(DomainSpec(f"{prefix}-{number}-{uid[:8]}", uid, domain_type="test")))
+    etree.ElementTree(node).write(path, encoding="utf-8", xml_declaration=True)
+    return uuids
+
+
+def service_names(cfg: Config, fanout_uniques: Iterable[str]) -> list[str]:
+    """The queues a worker declares for itself: its host queue and its fanout queues."""
+    return [f"{cfg.topic}.{cfg.host}"] + [f"{cfg.topic}_fanout_{u}" for u in fanout_uniques]
+
+
+def notification_names(cfg: Config) -> list[str]:
+    """The event queues the publisher declares (they keep every event nobody consumes)."""
+    return [f"{cfg.notification_topic}.{p}" for p in PRIORITIES]
+
+
+def delete_names(url: str, queues: Iterable[str], exchanges: Iterable[str] = ()) -> int:
+    """Delete queues, then exchanges, by name (missing ones are fine); how many failed."""
+    failed = 0
+    with Connection(url) as conn:
+        channel = conn.channel()
+        for kind, name in [("q", q) for q in queues] + [("x", x) for x in exchanges]:
+            if kind == "x" and not name.startswith("bench"):
+                continue  # only the benches' own exchanges, never a shared one
+            try:
+                if kind == "q":
+                    channel.queue_delete(name)
+                else:
+                    channel.exchange_delete(name)
+            except Exception:  # noqa: BLE001 - a failed delete closes the channel
+                failed += 1
+                channel = conn.channel()
+    return failed
+
+
+def raw_round_trip(url: str, exchange_name: str, count: int) -> list[float]:
+    """Publish one message and wait for it on a queue of the same broker, count times (ms).
+
+    The same measurement as bench.latency's raw_round_trip, kept here so this
+    bench does not depend on that module's internals.
+    """
+    with Connection(url) as pub, Connection(url) as sub:
+        exchange = Exchange(exchange_name, type="topic", durable=False)
+        name = f"rtt_{uuid.uuid4().hex}"
+        channel = sub.channel()
+        queue = Queue(name, exchange, routing_key=name, auto_delete=True)(channel)
+        queue.declare()
+        producer = Producer(pub.channel())
+        got: list[float] = []
+        samples: list[float] = []
+        with Consumer(channel, [queue],
+                      on_message=lambda m: (got.append(time.perf_counter()), m.ack())):
+            for _ in range(count):
+                sent = time.perf_counter()
+                producer.publish(b"{}", exchange=exchange, routing_key=name,
+                                 content_type="application/json", delivery_mode=2)
+                while not got:
+                    sub.drain_events(timeout=5)
+                samples.append((got.pop() - sent) * 1000)
+        return samples
+
+
+# --- the worker side: `python -m bench.fleet --serve` hosts some of the fleet ---------------
+
+
+def serve() -> None:
+    """Start the Services of the job on stdin, report, stop them on "stop" or EOF."""
+    logs.setup("error")
+    job = json.loads(sys.stdin.readline())
+    cfgs = [config_mod.load(None, values, environ={}) for values in job["hosts"]]
+    began = time.perf_counter()
+    services = [Service(cfg) for cfg in cfgs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda s: s.start(), services))
+    print(json.dumps({"ready": True, "start_s": time.perf_counter() - began,
+                      "threads": threading.active_count(),
+                      "fds": len(os.listdir("/proc/self/fd")), "rss_kib": _rss_kib()}),
+          flush=True)
+    sys.stdin.readline()  # "stop", or EOF when the bench went away
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda s: s.stop(grace=10), services))
+    queues = [q for s in services for q in service_names(s.cfg, [s.consumer.fanout_unique])]
+    failed = delete_names(cfgs[0].transport_url, queues) if cfgs else 0
+    print(json.dumps({"stopped": True, "stop_s": time.perf_counter() - began,
+                      "queues_deleted": len(queues) - failed, "delete_failed": failed}),
+          flush=True)
+
+
+def _rss_kib(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_and_wakeups(pid: int) -> tuple[float, int]:
+    """(CPU seconds on the run queue, context switches) summed over the threads of pid.
+
+    From /proc/<pid>/task/*/schedstat (nanoseconds, unlike /proc/<pid>/stat's
+    10 ms ticks) and the threads' voluntary + involuntary switches: a thread
+    that wakes to poll shows up as switches even when its CPU time is tiny.
+    """
+    cpu_ns, switches = 0, 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            cpu_ns += int((task / "schedstat").read_text().split()[0])
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    switches += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return cpu_ns / 1e9, switches
+
+
+# --- the bench side ---------------------------------------------------------------------------
+
+
+class Fleet:
+    """N workers in `procs` subprocesses (bench.fleet --serve), all on one private node file."""
+
+    def __init__(self, n: int, procs: int, node: str, tmp: str, tag: str) -> None:
+        self.n = n
+        self.topic = f"benchfl{tag}"
+        self.exchange = f"bench_{tag}"
+        self.notification_topic = f"bench_notifications_{tag}"
+        self.cfgs = [bench_config(f"{tmp}/{tag}/{i}", host=f"fl{tag}-{i}", topic=self.topic,
+                                  control_exchange=self.exchange,
+                                  notification_topic=self.notification_topic,
+                                  connection_uri=f"test://{node}") for i in range(n)]
+        self.counter = EventCounter(BROKER, self.exchange, self.notification_topic)
+        self.procs: list[subprocess.Popen[str]] = []
+        self.ready: list[dict[str, Any]] = []
+        began = time.perf_counter()
+        try:
+            for part in range(procs):
+                hosts = [_values(c) for c in self.cfgs[part::procs]]
+                if not hosts:
+                    continue
+                proc = subprocess.Popen([sys.executable, "-m", "bench.fleet", "--serve"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+                assert proc.stdin is not None
+                proc.stdin.write(json.dumps({"hosts": hosts}) + "\n")
+                proc.stdin.flush()
+                self.procs.append(proc)
+            for proc in self.procs:
+                assert proc.stdout is not None
+                line = proc.stdout.readline()
+                if not line:
+                    raise RuntimeError("a fleet process exited before it was ready")
+                self.ready.append(json.loads(line))
+            self.counter.wait(lambda k: k == "service.update", n, timeout=120)
+        except BaseException:
+            self.close()
+            raise
+        self.start_s = time.perf_counter() - began
+
+    def cpu_seconds(self) -> float:
+        """CPU time the fleet's processes have used so far, together."""
+        return sum(cpu_and_wakeups(p.pid)[0] for p in self.procs)
+
+    def idle_cpu(self, seconds: float) -> float:
+        """Percent of one core the fleet's processes used together over seconds."""
+        pids = [p.pid for p in self.procs]
+        cpu0, wall0 = sum(cpu_and_wakeups(p)[0] for p in pids), time.monotonic()
+        time.sleep(seconds)
+        used = sum(cpu_and_wakeups(p)[0] for p in pids) - cpu0
+        return 100 * used / (time.monotonic() - wall0)
+
+    def rss_mib(self) -> float:
+        """Resident memory of the fleet's processes together."""
+        return sum(_rss_kib(p.pid) for p in self.procs) / 1024
+
+    def close(self) -> dict[str, Any]:
+        """Stop every worker, delete every queue and the exchange; what the stop took."""
+        stopped: dict[str, Any] = {"stop_s": 0.0, "queues_deleted": 0, "delete_failed": 0}
+        for proc in self.procs:  # all of them first: they stop side by side
+            with contextlib.suppress(OSError, ValueError):
+                assert proc.stdin is not None
+                proc.stdin.write("stop\n")
+                proc.stdin.flush()
+        for proc in self.procs:
+            try:
+                out, _ = proc.communicate(timeout=90)
+                lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+                report = next(r for r in lines if r.get("stopped"))
+                stopped["stop_s"] = max(stopped["stop_s"], report["stop_s"])
+                stopped["queues_deleted"] += report["queues_deleted"]
+                stopped["delete_failed"] += report["delete_failed"]
+            except (subprocess.TimeoutExpired, ValueError, StopIteration, OSError):
+                print(f"WARNING: fleet process {proc.pid} did not stop cleanly; killed")
+                proc.kill()
+                proc.wait(10)
+                stopped["delete_failed"] += 1
+        self.counter.close()
+        stopped["delete_failed"] += delete_names(
+            BROKER, notification_names(self.cfgs[0]), [self.exchange])
+        return stopped
+
+    # --- measurements ------------------------------------------------------------------
+
+    def _body(self, uid: str, method: str, request_id: str) -> bytes:
+        return envelope.wrap({"method": method, "args": {"instance": {"uuid": uid}},
+                              "version": "1.0", "_unique_id": uuid.uuid4().hex,
+                              "_context_request_id": request_id})
+
+    def _errors(self) -> int:
+        return self.counter.count(lambda k: k.endswith(".error"))
+
+    def throughput(self, uuids: list[str], casts: int) -> float:
+        """casts spread across every host (pause/unpause alternating); casts per second."""
+        bodies = []
+        per_round = self.n * len(uuids)
+        for number in range(casts):
+            host = self.cfgs[number % self.n].host
+            uid = uuids[(number // self.n) % len(uuids)]
+            method = "pause_instance" if (number // per_round) % 2 == 0 else "unpause_instance"
+            bodies.append((f"{self.topic}.{host}", self._body(uid, method, f"req-{uuid.uuid4()}")))
+        before, errors = self.counter.count(is_end), self._errors()
+        with Connection(BROKER) as conn:
+            producer = Producer(conn.channel())
+            exchange = Exchange(self.exchange, type="topic", durable=False)
+            started = time.perf_counter()
+            for routing_key, body in bodies:
+                producer.publish(body, exchange=exchange, routing_key=routing_key,
+                                 content_type="application/json", content_encoding="utf-8",
+                                 delivery_mode=2)
+        last = self.counter.wait(is_end, before + casts, timeout=300)
+        assert self._errors() == errors, "some casts failed"
+        return casts / (last - started)
+
+    def latency(self, uuids: list[str], rate: float, count: int) -> list[float]:
+        """Casts at a fixed total rate, host after host; ms from publish to the end event."""
+        sent: dict[str, float] = {}
+        before = self.counter.count(lambda k: k.endswith(".end"))
+        per_round = self.n * len(uuids)
+        with Connection(BROKER) as conn:
+            producer = Producer(conn.channel())
+            exchange = Exchange(self.exchange, type="topic", durable=False)
+            start = time.perf_counter()
+            for number in range(count):
+                host = self.cfgs[number % self.n].host
+                uid = uuids[(number // self.n) % len(uuids)]
+                # Whatever state the throughput run left, both verbs succeed: pausing a
+                # paused domain (or unpausing a running one) is a no-op.
+                method = "pause_instance" if (number // per_round) % 2 == 0 else "unpause_instance"
+                request_id = f"req-{uuid.uuid4()}"
+                body = self._body(uid, method, request_id)
+                sent[request_id] = time.perf_counter()
+                producer.publish(body, exchange=exchange, routing_key=f"{self.topic}.{host}",
+                                 content_type="application/json", content_encoding="utf-8",
+                                 delivery_mode=2)
+                delay = start + (number + 1) / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+        self.counter.wait(lambda k: k.endswith(".end"), before + count, timeout=120)
+        with self.counter._cond:
+            return [(at - sent[rid]) * 1000
+                    for kind, items in self.counter.arrivals.items() if kind.endswith(".end")
+                    for at, e in items
+                    if (rid := e["payload"]["nova_object.data"].get("request_id")) in sent]
+
+    def fanout(self, uid: str, method: str) -> tuple[float, float]:
+        """One cast on <topic>_fanout; ms to the first and to the last of the N end events."""
+        exchange = Exchange(f"{self.topic}_fanout", type="fanout", durable=False,
+                            auto_delete=True)
+        return self._one_cast(exchange, self.topic, uid, method, self.n)
+
+    def direct(self, uid: str, method: str) -> float:
+        """One cast to the first host alone (the fanout's baseline); ms to its end event."""
+        exchange = Exchange(self.exchange, type="topic", durable=False)
+        return self._one_cast(exchange, f"{self.topic}.{self.cfgs[0].host}", uid, method, 1)[1]
+
+    def _one_cast(self, exchange: Exchange, routing_key: str, uid: str, method: str,
+                  hosts: int) -> tuple[float, float]:
+        request_id = f"req-{uuid.uuid4()}"
+
+        def ours(event: dict[str, Any]) -> bool:
+            return bool(event["payload"]["nova_object.data"].get("request_id") == request_id)
+
+        with Connection(BROKER) as conn:
+            producer = Producer(conn.channel())
+            body = self._body(uid, method, request_id)
+            started = time.perf_counter()
+            producer.publish(body, exchange=exchange, routing_key=routing_key,
+                             content_type="application/json", content_encoding="utf-8",
+                             delivery_mode=2)
+            deadline = time.monotonic() + 60
+            with self.counter._cond:
+                while True:
+                    ends = [(at, e) for kind, items in self.counter.arrivals.items()
+                            if is_end(kind) for at, e in items if ours(e)]
+                    if len(ends) >= hosts:
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{method}: {len(ends)} of {hosts} hosts answered")
+                    self.counter._cond.wait(0.5)
+        assert len({e["publisher_id"] for _, e in ends}) == hosts, "a host answered twice"
+        faults = [(e["publisher_id"], e["payload"]["nova_object.data"]["fault"])
+                  for _, e in ends if e["event_type"].endswith(".error")]
+        assert not faults, f"{method} failed on {len(faults)} of {hosts} hosts: {faults[:3]}"
+        times = sorted(at for at, _ in ends)
+        return (times[0] - started) * 1000, (times[-1] - started) * 1000
+
+
+def _values(cfg: Config) -> dict[str, Any]:
+    """The options of cfg that differ from the defaults, for a --serve job."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if getattr(cfg, f.name) != f.default}
+
+
+def run_size(n: int, procs: int, node: str, tmp: str, uuids: list[str],
+             ns: argparse.Namespace) -> dict[str, Any]:
+    """Every figure for one fleet size."""
+    fleet = Fleet(n, procs, node, tmp, uuid.uuid4().hex[:8])
+    figures: dict[str, Any] = {"n": n, "procs": len(fleet.procs), "start_s": fleet.start_s}
+    try:
+        figures["threads"] = max(r["threads"] for r in fleet.ready)
+        figures["fds"] = max(r["fds"] for r in fleet.ready)
+        figures["idle_cpu"] = fleet.idle_cpu(ns.idle_seconds)
+        figures["rss_mib"] = fleet.rss_mib()
+        cpu0 = fleet.cpu_seconds()
+        figures["throughput"] = fleet.throughput(uuids[:-1], ns.casts)
+        figures["cpu_per_cast"] = (fleet.cpu_seconds() - cpu0) * 1000 / ns.casts
+        figures["latency"] = fleet.latency(uuids[:-1], ns.rate, ns.latency_casts)
+        fan, direct, fan_cpu = [], [], []
+        for number in range(ns.fanouts):
+            method = "pause_instance" if number % 2 == 0 else "unpause_instance"
+            time.sleep(0.2)  # each one from a quiet fleet
+            direct.append(fleet.direct(uuids[0], method))
+            time.sleep(0.2)
+            cpu0 = fleet.cpu_seconds()
+            fan.append(fleet.fanout(uuids[-1], method))
+            fan_cpu.append((fleet.cpu_seconds() - cpu0) * 1000 / n)
+        figures["fanout_first"] = median([f for f, _ in fan])
+        figures["fanout_all"] = median([a for _, a in fan])
+        figures["direct"] = median(direct)
+        figures["cpu_per_fanout_host"] = median(fan_cpu)
+    finally:
+        figures.update(fleet.close())
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default="1,10,50,100", help="fleet sizes, comma separated")
+    parser.add_argument("--procs", type=int, default=PROCS,
+                        help=f"worker processes per size (hosts split among them); "
+                             f"default {PROCS}, 1 = every worker in one process")
+    parser.add_argument("--domains", type=int, default=3,
+                        help="domains per host (the last one only for fanout casts)")
+    parser.add_argument("--casts", type=int, default=3000, help="casts for the throughput run")
+    parser.add_argument("--rate", type=float, default=100.0, help="total casts/s for latency")
+    parser.add_argument("--latency-casts", type=int, default=500)
+    parser.add_argument("--fanouts", type=int, default=7, help="fanout casts per size")
+    parser.add_argument("--idle-seconds", type=float, default=3.0)
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    ns = parser.parse_args()
+    if ns.serve:
+        serve()
+        return
+    logs.setup("error")
+    sizes = [int(s) for s in ns.sizes.split(",") if s.strip()]
+    assert ns.domains >= 2, "need one domain for casts and one for fanout"
+    with tempfile.TemporaryDirectory() as tmp:
+        node = f"{tmp}/node.xml"
+        uuids = node_xml(node, ns.domains, prefix="fl")
+        rtt_exchange = f"bench_rtt_{uuid.uuid4().hex[:8]}"
+        raw = raw_round_trip(BROKER, rtt_exchange, 300)
+        delete_names(BROKER, [], [rtt_exchange])
+        print(f"baseline: raw broker round trip p50 {percentile(raw, 50):.2f} ms, "
+              f"p99 {percentile(raw, 99):.2f} ms", flush=True)
+        print(f"layout: each size's workers split over min(N, {ns.procs}) `bench.fleet --serve` "
+              f"processes (--procs; one per core by default), this process publishes and "
+              f"counts; {ns.domains} domains per host", flush=True)
+        rows = []
+        for n in sizes:
+            began = time.perf_counter()
+            fig = run_size(n, min(ns.procs, n), node, tmp, uuids, ns)
+            rows.append(fig)
+            base = rows[0]
+            lat = fig["latency"]
+            failed = f", {fig['delete_failed']} deletes FAILED" if fig["delete_failed"] else ""
+            pad = " " * 7
+            print(f"N={n:<4} {fig['procs']} worker process(es), {fig['threads']} threads and "
+                  f"{fig['fds']} fds per process, RSS {fig['rss_mib']:.0f} MiB in all, started "
+                  f"in {fig['start_s']:.1f}s, idle CPU {fig['idle_cpu']:.2f}% of a core",
+                  flush=True)
+            print(f"{pad}throughput {fig['throughput']:.0f} casts/s "
+                  f"({fig['throughput'] / base['throughput']:.2f} x N={base['n']}; fleet CPU "
+                  f"{fig['cpu_per_cast']:.1f} ms per cast) | cast->end at {ns.rate:.0f}/s: "
+                  f"p50 {percentile(lat, 50):.2f} ms, p99 {percentile(lat, 99):.2f} ms",
+                  flush=True)
+            print(f"{pad}fanout cast -> end from all {n}: {fig['fanout_all']:.1f} ms (first "
+                  f"{fig['fanout_first']:.1f} ms; fleet CPU {fig['cpu_per_fanout_host']:.1f} ms "
+                  f"per host) | one direct cast: {fig['direct']:.1f} ms | stop "
+                  f"{fig['stop_s']:.1f}s, {fig['queues_deleted']} queues deleted{failed} | "
+                  f"{time.perf_counter() - began:.0f}s", flush=True)
+    if not ns.no_record:
+        cells = [f"N={r['n']}: {r['throughput']:.0f}/s, p50 {percentile(r['latency'], 50):.1f}"
+                 f"/p99 {percentile(r['latency'], 99):.1f} ms, fanout {r['fanout_all']:.0f} ms "
+                 f"(CPU {r['cpu_per_fanout_host']:.1f} ms/host)" for r in rows]
+        append_result(
+            "Fleet (N workers, private test drivers, one RabbitMQ; casts/s, cast->end ms, "
+            "fanout to all N ms)",
+            f"{machine()} | {ns.procs} worker procs max, {ns.casts} casts, latency at "
+            f"{ns.rate:.0f}/s | " + " | ".join(cells) + f" | raw broker round trip p50 "
+            f"{percentile(raw, 50):.2f}/p99 {percentile(raw, 99):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
