@@ -29,7 +29,7 @@ import libvirt
 from kombu import Connection
 
 from bench.common import EventCounter, append_result, bench_config, is_end, machine, median
-from bench.fleet import delete_names, notification_names, service_names
+from bench.fleet import delete_names, notification_names, service_names, wait_events
 from worker import logs
 from worker.client import RpcClient
 from worker.config import Config
@@ -169,7 +169,7 @@ class Casts:
         ids = []
         for uid in uuids:
             ids += [self.send(uid, "suspend_instance"), self.send(uid, "resume_instance")]
-        last = self.counter.wait(is_end, before + len(ids), timeout)
+        last = wait_events(self.counter, is_end, before + len(ids), timeout)
         ends = self.ends_of(ids)
         errors = [e["event_type"] for _, e in ends if not e["event_type"].endswith(".end")]
         assert not errors, f"verbs failed: {errors}"
@@ -185,7 +185,7 @@ def order_check(casts: Casts, uid: str, count: int) -> tuple[bool, list[str], fl
     before = casts.counter.count(is_end)
     started = time.perf_counter()
     ids = [casts.send(uid, method) for method in methods]
-    last = casts.counter.wait(is_end, before + count, timeout=300)
+    last = wait_events(casts.counter, is_end, before + count, timeout=300)
     ends = casts.ends_of(ids)
     got = [e["payload"]["nova_object.data"]["request_id"] for _, e in ends]
     actions = [e["event_type"].split(".", 1)[1] for _, e in ends]

@@ -56,7 +56,7 @@ def drain_ready(conn: Connection, sock: socket.socket | None = None) -> int:
         if sock is not None:
             transport = getattr(conn.connection, "transport", None)
             buffered = bool(getattr(transport, "_read_buffer", b""))
-            if not buffered and not select.select([sock], [], [], 0)[0]:
+            if not buffered and not _readable([sock], 0.0):
                 return count
             try:
                 conn.drain_events(timeout=1.0)  # bytes are there: the frame is complete or near
@@ -68,6 +68,20 @@ def drain_ready(conn: Connection, sock: socket.socket | None = None) -> int:
             except TimeoutError:
                 return count
         count += 1
+
+
+def _readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """The sockets readable within timeout seconds.
+
+    poll(), not select(): select() refuses descriptors numbered 1024 or more,
+    which a busy process reaches.
+    """
+    poller = select.poll()
+    by_fd = {s.fileno(): s for s in socks}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    events = poller.poll(max(0, int(timeout * 1000 + 0.999)) if timeout > 0 else 0)
+    return [by_fd[fd] for fd, _ in events if fd in by_fd]
 
 
 class Waker:
@@ -87,24 +101,22 @@ class Waker:
 
     def wait(self, sock: socket.socket, timeout: float) -> bool:
         """Block until woken, sock is readable, or timeout; True when sock is readable."""
-        readable, _, _ = select.select([self._read, sock], [], [], max(0.0, timeout))
-        if self._read in readable:
-            try:
-                while self._read.recv(4096):
-                    pass
-            except BlockingIOError:
-                pass
-        return sock in readable
+        ready = _readable([self._read, sock], timeout)
+        if self._read in ready:
+            self._drain()
+        return sock in ready
 
     def wait_alone(self, timeout: float) -> None:
         """Block until woken or timeout (for transports without a socket)."""
-        readable, _, _ = select.select([self._read], [], [], max(0.0, timeout))
-        if readable:
-            try:
-                while self._read.recv(4096):
-                    pass
-            except BlockingIOError:
+        if _readable([self._read], timeout):
+            self._drain()
+
+    def _drain(self) -> None:
+        try:
+            while self._read.recv(4096):
                 pass
+        except BlockingIOError:
+            pass
 
     def close(self) -> None:
         """Release the socket pair."""
