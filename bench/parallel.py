@@ -30,6 +30,7 @@ from kombu import Connection
 
 from bench.common import EventCounter, append_result, bench_config, is_end, machine, median
 from bench.fleet import delete_names, notification_names, service_names, wait_events
+from tests.helpers import remove_domain
 from worker import logs
 from worker.client import RpcClient
 from worker.config import Config
@@ -78,18 +79,7 @@ def define_vms(conn: libvirt.virConnect, count: int, domain_type: str,
 def remove_vm(conn: libvirt.virConnect, uid: str) -> str | None:
     """Destroy, drop the managed-save image, undefine; a failure as text, else None."""
     try:
-        try:
-            dom = conn.lookupByUUIDString(uid)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
-            raise
-        if dom.isActive():
-            dom.destroy()
-        if dom.hasManagedSaveImage(0):
-            dom.managedSaveRemove(0)
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                          | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        remove_domain(conn, uid)
     except libvirt.libvirtError as exc:
         return f"{uid}: {exc}"
     return None

@@ -34,7 +34,7 @@ from tests.brokers import (
     tail,
     wait_until,
 )
-from tests.helpers import Event, check_event
+from tests.helpers import Event, check_event, remove_domain
 from worker import config as config_mod
 from worker import envelope
 from worker.config import Config
@@ -557,19 +557,7 @@ def _remove(vm: Vm, timeout: float = 60.0) -> str | None:
         try:
             conn = _open()
             try:
-                try:
-                    dom = conn.lookupByUUIDString(vm.uuid)
-                except libvirt.libvirtError as exc:
-                    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                        return None
-                    raise
-                if dom.isActive():
-                    dom.destroy()
-                if dom.hasManagedSaveImage(0):
-                    dom.managedSaveRemove(0)
-                if dom.isPersistent():
-                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                                      | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+                remove_domain(conn, vm.uuid)
                 return None
             finally:
                 with contextlib.suppress(libvirt.libvirtError):
