@@ -12,8 +12,9 @@ from typing import Any
 from kombu import Consumer as KombuConsumer
 from kombu import Message
 
-from worker import logs
-from worker.broker import Waker, connection_for, drain_ready, socket_of
+from worker import amqp_wire, logs
+from worker.amqp_wire import FrameReader
+from worker.broker import Waker, connection_for, socket_of
 from worker.config import Config
 from worker.delivery import Delivery, Settlement
 from worker.retry import reconnecting
@@ -95,31 +96,36 @@ class Consumer:
     def _loop(self, conn: Any, consumer: KombuConsumer) -> None:
         consuming = False
         sock = socket_of(conn)
+        # Plain TCP: read in batches and write acks in batches (worker.amqp_wire).
+        reader = FrameReader(conn.connection, sock) if sock is not None else None
         next_heartbeat = time.monotonic()
         while not self._stop.is_set():
             wanted = not self._paused.is_set()
-            if wanted and not consuming:
-                consumer.consume()
-                log.info("consuming")
-            elif consuming and not wanted:
-                consumer.cancel()
-                log.warning("consuming_paused")
+            if wanted != consuming:
+                if reader is not None:
+                    reader.release()  # py-amqp reads the consume-ok/cancel-ok itself
+                if wanted:
+                    consumer.consume()
+                    log.info("consuming")
+                else:
+                    consumer.cancel()
+                    log.warning("consuming_paused")
             consuming = wanted
-            if sock is not None:
+            if reader is not None and sock is not None:
                 # Sleep until the broker sends something or a verb thread has a
                 # settlement for us: acks go out at once, and idle costs nothing.
                 if self._waker.wait(sock, 1.0):
-                    drain_ready(conn, sock)
+                    reader.pump()
             else:  # TLS or in-memory: poll, briefly while work is in flight
                 try:
                     conn.drain_events(timeout=0.002 if self._busy() else 0.5)
                 except TimeoutError:
                     pass
-            self._settle_owed()
+            self._settle_owed(conn, reader is not None)
             if time.monotonic() >= next_heartbeat and conn.transport.driver_type == "amqp":
                 conn.heartbeat_check()
                 next_heartbeat = time.monotonic() + 1.0
-        self._settle_owed()
+        self._settle_owed(conn, reader is not None)
 
     def _received(self, message: Message) -> None:
         self.received += 1
@@ -139,20 +145,29 @@ class Consumer:
         self._on_delivery(Delivery(body, bool(message.delivery_info.get("redelivered")), settle,
                                    dict(message.headers or {})))
 
-    def _settle_owed(self) -> None:
+    def _settle_owed(self, conn: Any, batched: bool) -> None:
+        """Carry out the settlements verb threads recorded, as one write where possible."""
+        frames: list[bytes] = []
         while True:
             try:
                 generation, message, action = self._settlements.get_nowait()
             except queue.Empty:
-                return
+                break
             if generation != self._generation:
                 # Its channel is gone: the broker will redeliver it, and the
                 # journal absorbs that redelivery. Acking now would 406.
                 log.info("settlement_dropped_stale_channel", action=action)
                 continue
-            if action == "ack":
-                message.ack()
-            elif action == "reject":
-                message.reject(requeue=False)
-            else:
-                message.requeue()
+            if not batched:
+                if action == "ack":
+                    message.ack()
+                elif action == "reject":
+                    message.reject(requeue=False)
+                else:
+                    message.requeue()
+                continue
+            channel, tag = message.channel.channel_id, message.delivery_tag
+            frames.append(amqp_wire.ack(channel, tag) if action == "ack"
+                          else amqp_wire.reject(channel, tag, requeue=action == "requeue"))
+        if frames:
+            amqp_wire.write(conn.connection, b"".join(frames))

@@ -8,6 +8,7 @@ unconfirmed when the connection drops is published again on the next one.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -17,10 +18,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import amqp
 from kombu import Connection, Producer
 
-from worker import envelope, logs, signing
+from worker import amqp_wire, envelope, logs, signing
+from worker.amqp_wire import FrameReader
 from worker.broker import Waker, connection_for, drain_ready, socket_of
 from worker.config import Config
 from worker.errors import PublishError
@@ -30,6 +31,7 @@ from worker.topology import control_exchange, notification_queues
 
 log = logs.get(__name__)
 Item = tuple[Outgoing, "Future[None]"]
+Publish = Callable[[list[Item]], None]
 # Publish at most this many before reading acks, so acks never pile up unread.
 BATCH = 256
 
@@ -56,7 +58,8 @@ class _Unconfirmed:
         self.next_tag += 1
 
     def settle(self, tag: int, multiple: bool, error: str | None) -> None:
-        tags = [t for t in self.items if t <= tag] if multiple else [tag]
+        # Tags are keys in publish order, so "all up to tag" is a prefix.
+        tags = list(itertools.takewhile(lambda t: t <= tag, self.items)) if multiple else [tag]
         for t in tags:
             entry = self.items.pop(t, None)
             if entry is None:
@@ -68,7 +71,10 @@ class _Unconfirmed:
                 future.set_exception(PublishError(error))
 
     def oldest(self) -> float | None:
-        return min((at for _, at in self.items.values()), default=None)
+        # One connection's items, added in publish order: the first is the oldest.
+        for _, at in self.items.values():
+            return at
+        return None
 
 
 class Publisher:
@@ -154,19 +160,13 @@ class Publisher:
         confirms = conn.transport.driver_type == "amqp"
         unconfirmed = _Unconfirmed()
         if confirms:
-            # py-amqp reads the socket before *every* publish when the
-            # client advertises connection.blocked, to notice a block
-            # first; this thread reads the socket right after each batch
-            # anyway, so that extra read is only cost (8% of the hot path).
-            conn.connection.client_properties.setdefault("capabilities", {})[
-                "connection.blocked"] = False
             channel.confirm_select()
             channel.events["basic_ack"].add(
                 lambda tag, multiple: unconfirmed.settle(tag, multiple, None))
             channel.events["basic_nack"].add(
                 lambda tag, multiple: unconfirmed.settle(tag, multiple, "nacked by broker"))
             channel.events["basic_return"].add(self._returned)
-            publish = self._amqp_publisher(channel)
+            publish = self._frame_publisher(conn.connection, channel.channel_id)
         else:
             publish = self._kombu_publisher(Producer(channel, on_return=self._returned))
         self._connected.set()
@@ -179,23 +179,29 @@ class Publisher:
                 self._queue.extendleft(reversed([i for i, _ in unconfirmed.items.values()]))
             raise
 
-    def _amqp_publisher(self, channel: Any) -> Callable[[Outgoing], None]:
-        # Straight to py-amqp: kombu's Producer.publish costs several times the
-        # frame writing itself, and this is the one hot loop of the publisher.
-        def publish(out: Outgoing) -> None:
-            message = amqp.Message(out.body, content_type="application/json",
-                                   content_encoding="utf-8", delivery_mode=2,
-                                   application_headers=self._headers(out))
-            channel.basic_publish(message, exchange=out.exchange, routing_key=out.routing_key,
-                                  mandatory=out.mandatory)
+    def _frame_publisher(self, connection: Any, channel_id: int) -> Publish:
+        # Frames built by worker.amqp_wire and one write per batch: kombu's
+        # Producer.publish, and even py-amqp's basic_publish, cost several
+        # times the frames themselves, and this is the publisher's hot loop.
+        def publish(batch: list[Item]) -> None:
+            frames = b"".join(
+                amqp_wire.publish(channel_id, connection.frame_max, out.exchange,
+                                  out.routing_key, out.mandatory, out.body,
+                                  self._properties(out))
+                for out, _ in batch)
+            amqp_wire.write(connection, frames)
         return publish
 
-    def _kombu_publisher(self, producer: Producer) -> Callable[[Outgoing], None]:
-        def publish(out: Outgoing) -> None:
-            producer.publish(out.body, exchange=out.exchange, routing_key=out.routing_key,
-                             content_type="application/json", content_encoding="utf-8",
-                             delivery_mode=2, mandatory=out.mandatory, retry=False,
-                             headers=self._headers(out))
+    def _properties(self, out: Outgoing) -> bytes:
+        return amqp_wire.properties("application/json", "utf-8", 2, self._headers(out))
+
+    def _kombu_publisher(self, producer: Producer) -> Publish:
+        def publish(batch: list[Item]) -> None:
+            for out, _ in batch:
+                producer.publish(out.body, exchange=out.exchange, routing_key=out.routing_key,
+                                 content_type="application/json", content_encoding="utf-8",
+                                 delivery_mode=2, mandatory=out.mandatory, retry=False,
+                                 headers=self._headers(out))
         return publish
 
     def _headers(self, out: Outgoing) -> dict[str, Any] | None:
@@ -210,33 +216,39 @@ class Publisher:
                 batch.append((Outgoing("", watch.reply_q, body, True), Future()))
         return batch
 
-    def _pump(self, conn: Connection, publish: Callable[[Outgoing], None],
+    def _pump(self, conn: Connection, publish: Publish,
               unconfirmed: _Unconfirmed | None) -> None:
         sock = socket_of(conn)
+        reader = FrameReader(conn.connection, sock) if sock is not None else None
         next_heartbeat = time.monotonic()
         while True:
             batch = self._take()
-            for index, item in enumerate(batch):
+            if batch:
                 try:
-                    publish(item[0])
+                    publish(batch)
                 except BaseException:
-                    with self._lock:  # not sent: back to the front, in order
-                        self._queue.extendleft(reversed(batch[index:]))
+                    with self._lock:  # not (all) sent: back to the front, in order
+                        self._queue.extendleft(reversed(batch))
                     raise
-                self.published += 1
-                if unconfirmed is not None:
-                    unconfirmed.add(item)
-                else:
-                    item[1].set_result(None)
+                self.published += len(batch)
+                for item in batch:
+                    if unconfirmed is not None:
+                        unconfirmed.add(item)
+                    else:
+                        item[1].set_result(None)
             if unconfirmed is not None and unconfirmed.items:
-                drain_ready(conn, sock)  # acks that came back while we were writing
+                # Acks that came back while we were writing.
+                if reader is not None:
+                    reader.pump()
+                else:
+                    drain_ready(conn)
             with self._lock:
                 idle = not self._queue
                 if idle and self._stopping and not (unconfirmed and unconfirmed.items):
                     return
                 wait = self._idle_wait() if idle else 0.0
             if wait > 0:
-                self._wait(conn, sock, wait, bool(unconfirmed and unconfirmed.items))
+                self._wait(conn, reader, sock, wait, bool(unconfirmed and unconfirmed.items))
             if time.monotonic() >= next_heartbeat and conn.transport.driver_type == "amqp":
                 conn.heartbeat_check()
                 next_heartbeat = time.monotonic() + 1.0
@@ -245,12 +257,12 @@ class Publisher:
                 if oldest is not None and time.monotonic() - oldest > self.cfg.confirm_timeout:
                     raise ConnectionError(f"no confirm within {self.cfg.confirm_timeout}s")
 
-    def _wait(self, conn: Connection, sock: socket.socket | None, wait: float,
-              owed: bool) -> None:
+    def _wait(self, conn: Connection, reader: FrameReader | None, sock: socket.socket | None,
+              wait: float, owed: bool) -> None:
         """Sleep until there is something to publish or to read from the broker."""
-        if sock is not None:
+        if reader is not None and sock is not None:
             if self._waker.wait(sock, wait):
-                drain_ready(conn, sock)
+                reader.pump()
         elif conn.transport.driver_type == "amqp":  # TLS: poll, briefly while acks are owed
             try:
                 conn.drain_events(timeout=min(wait, 0.002 if owed else 0.05))
