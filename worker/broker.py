@@ -91,9 +91,16 @@ class Waker:
         self._read, self._write = socket.socketpair()
         self._read.setblocking(False)
         self._write.setblocking(False)
+        # True from a wake until the waiting thread sees it: wakes in between
+        # need no byte of their own, since the waiter looks at everything
+        # queued after it clears this flag.
+        self._pending = False
 
     def wake(self) -> None:
         """Wake the waiting thread (cheap; repeated wakes coalesce)."""
+        if self._pending:
+            return
+        self._pending = True
         try:
             self._write.send(b"\0")
         except (BlockingIOError, OSError):
@@ -104,12 +111,17 @@ class Waker:
         ready = _readable([self._read, sock], timeout)
         if self._read in ready:
             self._drain()
+            # Only after draining: cleared first, a wake landing between the
+            # two would have its byte drained and leave the flag set, with no
+            # byte to wake the next wait.
+            self._pending = False
         return sock in ready
 
     def wait_alone(self, timeout: float) -> None:
         """Block until woken or timeout (for transports without a socket)."""
         if _readable([self._read], timeout):
             self._drain()
+            self._pending = False
 
     def _drain(self) -> None:
         try:
