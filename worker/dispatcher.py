@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Any, Protocol
@@ -107,6 +106,9 @@ class Dispatcher:
         self._inflight: dict[str, list[Settle]] = {}
         # msg_id -> call-monitor handle, from delivery until the final reply.
         self._watches: dict[str, int] = {}
+        # Messages finished and published, whose confirms are not all in yet.
+        self._awaiting = 0
+        self._no_awaiting = threading.Condition(self._lock)
         self.draining = False
         self.completed = 0
         self.rejected = 0
@@ -331,19 +333,60 @@ class Dispatcher:
 
     def _finish(self, req: envelope.Request | None, settle: Settle,
                 outgoing: list[Outgoing], on_success: Settlement = "ack") -> None:
-        """Publish, wait for every confirm, then settle; unconfirmed means requeue."""
+        """Publish, then settle once the broker has confirmed all of it; unconfirmed: requeue.
+
+        The verb thread does not wait for the confirms: the last one settles
+        the message from the publisher's thread, and the verb thread is free
+        for the instance's next message. Order still holds: the publisher
+        sends in the order given, and a requeued mutating message is found in
+        the journal when it comes back, so it never runs again after a later one.
+        """
         self._unwatch(req)  # no heartbeat may follow the final reply
-        futures = [self.outbox.send(out) for out in outgoing]
-        deadline = time.monotonic() + self.cfg.confirm_timeout * 2
+        with self._lock:
+            self._awaiting += 1
+        confirms = _Confirms(len(outgoing),
+                             lambda error: self._confirmed(req, settle, on_success, error))
+        for out in outgoing:
+            self.outbox.send(out).add_done_callback(confirms.done)
+
+    def _confirmed(self, req: envelope.Request | None, settle: Settle, on_success: Settlement,
+                   error: BaseException | None) -> None:
         try:
-            # One future at a time: cheaper than concurrent.futures.wait,
-            # which installs a waiter on each.
-            for future in futures:
-                future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except Exception as exc:  # unconfirmed or refused: it must be delivered again
-            log.error("publish_unconfirmed_message_requeued", error=str(exc)[:200])
-            self._settle(req, settle, "requeue")
-            return
-        if on_success == "ack":
-            self.completed += 1
-        self._settle(req, settle, on_success)
+            if error is not None:  # unconfirmed or refused: it must be delivered again
+                log.error("publish_unconfirmed_message_requeued", error=str(error)[:200])
+                self._settle(req, settle, "requeue")
+            else:
+                self._settle(req, settle, on_success)
+        finally:
+            with self._lock:
+                if on_success == "ack" and error is None:
+                    self.completed += 1
+                self._awaiting -= 1
+                self._no_awaiting.notify_all()
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Block until every finished message is settled (its confirms are in); False on timeout."""
+        with self._no_awaiting:
+            return self._no_awaiting.wait_for(lambda: self._awaiting == 0, timeout)
+
+
+class _Confirms:
+    """Counts one message's publisher confirms; calls back once, on the last or first failure."""
+
+    def __init__(self, expected: int, then: Callable[[BaseException | None], None]) -> None:
+        self._left = expected
+        self._then = then
+        self._lock = threading.Lock()
+        if expected == 0:
+            then(None)
+
+    def done(self, future: Future[None]) -> None:
+        """A done-callback for each publish's future."""
+        error = future.exception()
+        with self._lock:
+            if self._left <= 0:
+                return  # already settled by an earlier failure
+            self._left = 0 if error is not None else self._left - 1
+            finished = self._left == 0
+        if finished:
+            self._then(error)

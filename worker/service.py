@@ -147,8 +147,11 @@ class Service:
         self._stopping.set()
         self.consumer.pause()
         self.dispatcher.draining = True
+        deadline = time.monotonic() + grace
         finished = self.executor.wait_idle(grace)
-        if not finished:
+        # Finished verbs are acked when their events are confirmed; give that the rest of grace.
+        settled = self.dispatcher.wait_settled(max(0.0, deadline - time.monotonic()))
+        if not (finished and settled):
             log.warning("stop_grace_expired", still_running=self.executor.pending)
         # Closing the consuming channel returns every unacked message to the queue.
         self.consumer.stop()
