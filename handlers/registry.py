@@ -25,6 +25,8 @@ class Method:
     action: str | None
     #: Changes state: journaled so a redelivery does not run it twice.
     mutating: bool = True
+    #: vm_state its error event reports (a failed build leaves nothing usable: nova's ERROR).
+    vm_state_on_error: str | None = None
 
     @property
     def schema(self) -> str:
@@ -33,6 +35,8 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("build_and_run_instance", lifecycle.build_and_run_instance, "create",
+           vm_state_on_error="error"),
     Method("pause_instance", power.pause_instance, "pause"),
     Method("unpause_instance", power.unpause_instance, "unpause"),
     Method("suspend_instance", power.suspend_instance, "suspend"),

@@ -57,6 +57,7 @@ def make_config(tmp_path: Path, broker_url: str) -> Callable[..., Config]:
             "notification_topic": f"notifications_{tag}",
             "virt_type": "test",
             "instances_path": str(tmp_path / "instances"),
+            "images_path": str(tmp_path / "images"),
             "state_dir": str(tmp_path / "state"),
             "heartbeat": 10,
             "confirm_timeout": 10,

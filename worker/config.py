@@ -56,6 +56,10 @@ class Config:
     instances_path: str = _opt(
         "/var/lib/compute-worker/instances", "directory holding <uuid>/ per instance"
     )
+    images_path: str = _opt(
+        "/var/lib/compute-worker/images",
+        "base images for builds, one file per image id; the worker only reads them",
+    )
     state_dir: str = _opt("/var/lib/compute-worker/state", "directory for the journal")
     max_concurrent_ops: int = _opt(8, "verbs running at once across instances", minimum=1)
     prefetch_count: int = _opt(64, "unacked messages the broker may hand over", minimum=1)
@@ -85,6 +89,9 @@ class Config:
     )
     shutdown_timeout: float = _opt(
         60.0, "seconds stop_instance waits for a clean shutdown", minimum=0
+    )
+    build_timeout: float = _opt(
+        120.0, "seconds a build waits for its new domain to be running", minimum=1
     )
     journal_max_entries: int = _opt(100000, "completed message ids kept", minimum=10)
     journal_max_age: float = _opt(7 * 86400.0, "seconds a completed id is kept", minimum=60)

@@ -272,6 +272,8 @@ class Dispatcher:
         if method.action:
             # An error event still says what state the instance is in now.
             state = result if isinstance(result, dict) else self._peek(req)
+            if error is not None and method.vm_state_on_error is not None:
+                state = {**state, "vm_state": method.vm_state_on_error}
             out.append(self._instance_event(req, method.action, "error" if error else "end",
                                             state, error))
         if req.is_call:

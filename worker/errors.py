@@ -88,6 +88,14 @@ class InstanceExists(WorkerError):
     """A domain with that UUID or name already exists."""
 
 
+class NotSupported(WorkerError):
+    """This worker cannot do what the message asks (a hypervisor type, a device kind)."""
+
+
+class ImageError(WorkerError):
+    """A base image is missing or unreadable, or a disk could not be made from it."""
+
+
 class UnsafePath(WorkerError):
     """A path built from a message would leave the worker's directories."""
 

@@ -22,6 +22,14 @@ def canonical_uuid(value: str) -> str:
     return str(parsed)
 
 
+def inside(root: Path, *parts: str) -> Path:
+    """root/parts..., resolved; UnsafePath if it would leave root (or be root itself)."""
+    candidate = Path(os.path.realpath(root.joinpath(*parts)))
+    if candidate == root or root not in candidate.parents:
+        raise UnsafePath(f"path {'/'.join(parts)!r:.120} leaves {root}")
+    return candidate
+
+
 class InstancePaths:
     """Owns ``instances_path``: where each instance's files live."""
 
@@ -30,10 +38,7 @@ class InstancePaths:
 
     def inside(self, *parts: str) -> Path:
         """root/parts..., resolved; UnsafePath if it would leave the root."""
-        candidate = Path(os.path.realpath(self.root.joinpath(*parts)))
-        if candidate == self.root or self.root not in candidate.parents:
-            raise UnsafePath(f"path {'/'.join(parts)!r:.120} leaves {self.root}")
-        return candidate
+        return inside(self.root, *parts)
 
     def instance_dir(self, uuid: str) -> Path:
         """``instances_path/<uuid>``, for a canonical UUID only."""

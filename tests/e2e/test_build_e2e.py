@@ -1,0 +1,63 @@
+"""build_and_run_instance on real QEMU: a qcow2 root disk, a started domain, then terminate."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import libvirt
+import pytest
+from lxml import etree
+
+from tests.e2e.support import NAME_PREFIX, QEMU_URI
+from tests.helpers import EventTap, check_event, domain_state, remove_domain
+from worker.client import RpcClient
+from worker.config import Config
+from worker.service import Service
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def build_cfg(make_config: Callable[..., Config], domain_type: str) -> Config:
+    """virt_type matching the machine, so the build makes a kvm domain where KVM works."""
+    return make_config(virt_type=domain_type, build_timeout=60)
+
+
+@pytest.fixture
+def builder(build_cfg: Config, qemu: libvirt.virConnect) -> Iterator[tuple[Service, EventTap]]:
+    tap = EventTap(build_cfg.transport_url, build_cfg.control_exchange,
+                   build_cfg.notification_topic)
+    service = Service(build_cfg)
+    service.start()
+    yield service, tap
+    service.stop(grace=30)
+    tap.close()
+
+
+def test_build_boots_a_qemu_domain_on_its_own_disk_and_terminate_removes_it(
+        builder: tuple[Service, EventTap], build_cfg: Config, rpc: RpcClient,
+        qemu: libvirt.virConnect, domain_type: str) -> None:
+    service, tap = builder
+    uid = str(uuid.uuid4())
+    name = f"{NAME_PREFIX}{uid[:13]}"
+    try:
+        rpc.cast(build_cfg.host, "build_and_run_instance",
+                 {"instance": {"uuid": uid, "name": name, "memory_mb": 64, "root_gb": 1}})
+        end = tap.wait_type(uid, "instance.create.end", timeout=90)[0]
+        assert "running" == end["payload"]["nova_object.data"]["power_state"]
+        assert libvirt.VIR_DOMAIN_RUNNING == domain_state(QEMU_URI, uid)[0]
+        live = etree.fromstring(qemu.lookupByUUIDString(uid).XMLDesc(0))
+        assert domain_type == live.get("type")
+        disk = service.paths.root / uid / "disk"
+        assert [str(disk)] == [s.get("file") for s in live.findall("devices/disk/source")]
+        assert disk.is_file()
+
+        rpc.cast(build_cfg.host, "terminate_instance", {"instance": {"uuid": uid}})
+        tap.wait_type(uid, "instance.delete.end", timeout=60)
+        assert None is domain_state(QEMU_URI, uid)
+        assert not (service.paths.root / uid).exists()
+        for event in tap.of(uid):
+            check_event(event)
+    finally:
+        remove_domain(qemu, uid)
