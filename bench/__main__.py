@@ -26,6 +26,7 @@ FULL: dict[str, list[str]] = {
     "throughput": ["--casts", "2000", "--rounds", "3"],
     "latency": [],
     "parallel": [],
+    "build": [],
     "footprint": [],
     "fleet": [],
 }
@@ -34,6 +35,7 @@ QUICK: dict[str, list[str]] = {
     "throughput": ["--casts", "300", "--rounds", "1", "--instances", "10"],
     "latency": ["--casts", "200", "--rate", "100", "--calls", "50"],
     "parallel": ["--instances", "2", "--rounds", "1", "--order-casts", "4"],
+    "build": ["--rounds", "1"],
     "footprint": ["--domains", "100", "--idle-seconds", "2"],
     "fleet": ["--sizes", "1,5", "--casts", "300", "--latency-casts", "100", "--fanouts", "2",
               "--idle-seconds", "1"],

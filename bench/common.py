@@ -31,7 +31,8 @@ def bench_config(tmp: str, **overrides: Any) -> Config:
     values: dict[str, Any] = {
         "host": f"bench-{tag}", "transport_url": BROKER, "control_exchange": f"bench_{tag}",
         "notification_topic": f"bench_notifications_{tag}", "virt_type": "test",
-        "instances_path": f"{tmp}/instances", "state_dir": f"{tmp}/state",
+        "instances_path": f"{tmp}/instances", "images_path": f"{tmp}/images",
+        "state_dir": f"{tmp}/state",
     }
     values.update(overrides)
     return config_mod.load(None, values, environ={})
