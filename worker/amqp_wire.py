@@ -18,6 +18,7 @@ byte for byte against py-amqp's own writer.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from struct import Struct
 from typing import Any
 
@@ -31,6 +32,8 @@ _CONTENT_HEADER = Struct(">BHIHHQ")  # frame header, class, weight, body size
 _BASIC = 60
 _PUBLISH, _ACK, _REJECT = 40, 80, 90
 _TAG_AND_BIT = Struct(">QB")
+_ACK_METHOD = Struct(">HH").pack(_BASIC, _ACK)
+_NACK_METHOD = Struct(">HH").pack(_BASIC, 120)
 _END = bytes([FRAME_END])
 _properties_cache: dict[tuple[str, str, int], bytes] = {}
 
@@ -102,9 +105,17 @@ class FrameReader:
     owns it): py-amqp's own reads would miss the bytes buffered here.
     """
 
-    def __init__(self, connection: Any, sock: socket.socket) -> None:
+    def __init__(self, connection: Any, sock: socket.socket,
+                 on_confirm: Callable[[int, bool, bool], None] | None = None) -> None:
+        """on_confirm(delivery_tag, multiple, nacked) takes publisher confirms directly.
+
+        With it, basic.ack and basic.nack frames skip py-amqp's method
+        dispatch (the publisher reads one per published message); every other
+        frame still goes to py-amqp.
+        """
         self._connection = connection
         self._sock = sock
+        self._on_confirm = on_confirm
         self._buffer = bytearray()
 
     def pump(self) -> int:
@@ -144,6 +155,7 @@ class FrameReader:
         position = 0
         count = 0
         on_frame = self._connection.on_inbound_frame
+        on_confirm = self._on_confirm
         try:
             while len(buffer) - position >= 8:
                 frame_type, channel, size = _FRAME_HEADER.unpack_from(buffer, position)
@@ -152,10 +164,17 @@ class FrameReader:
                     break
                 if buffer[end] != FRAME_END:
                     raise UnexpectedFrame(f"frame end {buffer[end]:#04x}, expected 0xce")
-                payload = bytes(buffer[position + 7:end])
+                start = position + 7
                 position = end + 1
                 count += 1
-                on_frame((frame_type, channel, payload))
+                if on_confirm is not None and frame_type == 1 and size == 13:
+                    method = buffer[start:start + 4]
+                    if method == _ACK_METHOD or method == _NACK_METHOD:
+                        tag, bits = _TAG_AND_BIT.unpack_from(buffer, start + 4)
+                        self._connection.bytes_recv += 1  # py-amqp's heartbeat bookkeeping
+                        on_confirm(tag, bool(bits & 1), method == _NACK_METHOD)
+                        continue
+                on_frame((frame_type, channel, bytes(buffer[start:end])))
         finally:
             del buffer[:position]  # handled frames are gone even if a handler raised
         return count

@@ -34,6 +34,20 @@ Item = tuple[Outgoing, "Future[None]"]
 Publish = Callable[[list[Item]], None]
 # Publish at most this many before reading acks, so acks never pile up unread.
 BATCH = 256
+# While messages are being held (a verb ran in the last RECENT seconds), the
+# thread sleeps at most HOLD_POLL at a time, so hold() needs no wake-up.
+HOLD_POLL = 0.05
+RECENT = 2.0
+
+
+@dataclass(eq=False)
+class Held:
+    """A message given to hold(): published at its deadline or at release(), whichever first."""
+
+    out: Outgoing
+    deadline: float
+    future: Future[None] = field(default_factory=Future)
+    released: bool = False
 
 
 @dataclass
@@ -89,6 +103,9 @@ class Publisher:
         self._watches: dict[int, _Watch] = {}
         self._watch_ids = 0
         self._stopping = False
+        self._held: deque[Held] = deque()  # deadlines in order: every hold is the same length
+        self._last_hold = -RECENT
+        self._sleeping_until = 0.0  # when this thread's current wait ends; 0 when awake
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._connected = threading.Event()
         self.published = 0
@@ -110,6 +127,32 @@ class Publisher:
             self._queue.append((out, future))
         self._waker.wake()
         return future
+
+    def hold(self, out: Outgoing, seconds: float) -> Held:
+        """Publish out within seconds, or sooner with the next release() or send() of it.
+
+        For a verb's start event: a verb that ends within the hold sends its
+        start and end events in one write (one wake of this thread, one
+        confirm read) instead of two; a slow verb's start event still goes
+        out within seconds. The hold never needs a wake-up of its own while
+        this thread is active, because it then sleeps at most HOLD_POLL.
+        """
+        held = Held(out, time.monotonic() + seconds)
+        with self._lock:
+            self._held.append(held)
+            self._last_hold = held.deadline
+            wake = self._sleeping_until > held.deadline
+        if wake:
+            self._waker.wake()
+        return held
+
+    def release(self, held: Held) -> Future[None]:
+        """Queue a held message now (no-op if its time already came); its future."""
+        with self._lock:
+            if not held.released:
+                held.released = True
+                self._queue.append((held.out, held.future))
+        return held.future
 
     def watch_call(self, reply_q: str, msg_id: str, interval: float) -> int:
         """Start call-monitor heartbeats for a running call; returns a handle."""
@@ -138,7 +181,7 @@ class Publisher:
     def _run(self) -> None:
         try:
             reconnecting(self._connect, self._serve, name="publisher",
-                         stopping=lambda: self._stopping and not self._queue)
+                         stopping=lambda: self._stopping and not self._queue and not self._held)
         finally:
             self._waker.close()
 
@@ -207,8 +250,18 @@ class Publisher:
     def _headers(self, out: Outgoing) -> dict[str, Any] | None:
         return {signing.HEADER: signing.sign(self._key, out.body)} if self._key else None
 
+    def _release_due(self, now: float, everything: bool = False) -> None:
+        """Move held messages whose time has come into the queue (caller holds the lock)."""
+        while self._held and (everything or self._held[0].deadline <= now
+                              or self._held[0].released):
+            held = self._held.popleft()
+            if not held.released:
+                held.released = True
+                self._queue.append((held.out, held.future))
+
     def _take(self) -> list[Item]:
         with self._lock:
+            self._release_due(time.monotonic(), everything=self._stopping)
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             for watch in self._due_watches():
                 body = envelope.reply(watch.msg_id, ending=False)
@@ -219,7 +272,12 @@ class Publisher:
     def _pump(self, conn: Connection, publish: Publish,
               unconfirmed: _Unconfirmed | None) -> None:
         sock = socket_of(conn)
-        reader = FrameReader(conn.connection, sock) if sock is not None else None
+        reader = None
+        if sock is not None:
+            on_confirm = None if unconfirmed is None else (
+                lambda tag, multiple, nacked: unconfirmed.settle(
+                    tag, multiple, "nacked by broker" if nacked else None))
+            reader = FrameReader(conn.connection, sock, on_confirm)
         next_heartbeat = time.monotonic()
         while True:
             batch = self._take()
@@ -244,11 +302,17 @@ class Publisher:
                     drain_ready(conn)
             with self._lock:
                 idle = not self._queue
-                if idle and self._stopping and not (unconfirmed and unconfirmed.items):
+                if (idle and self._stopping and not self._held
+                        and not (unconfirmed and unconfirmed.items)):
                     return
                 wait = self._idle_wait() if idle else 0.0
+                self._sleeping_until = time.monotonic() + wait if wait > 0 else 0.0
             if wait > 0:
-                self._wait(conn, reader, sock, wait, bool(unconfirmed and unconfirmed.items))
+                try:
+                    self._wait(conn, reader, sock, wait, bool(unconfirmed and unconfirmed.items))
+                finally:
+                    with self._lock:
+                        self._sleeping_until = 0.0
             if time.monotonic() >= next_heartbeat and conn.transport.driver_type == "amqp":
                 conn.heartbeat_check()
                 next_heartbeat = time.monotonic() + 1.0
@@ -274,6 +338,11 @@ class Publisher:
     def _idle_wait(self) -> float:
         wait = 1.0
         now = time.monotonic()
+        if self._held:
+            wait = min(wait, max(0.0, self._held[0].deadline - now))
+        if now - self._last_hold < RECENT:
+            # Active: sleep at most HOLD_POLL, so that hold() never has to wake us.
+            wait = min(wait, HOLD_POLL)
         for watch in self._watches.values():
             wait = min(wait, max(0.0, watch.due - now))
         return wait

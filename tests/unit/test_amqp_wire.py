@@ -158,3 +158,40 @@ def test_reader_refuses_a_bad_frame_end_and_reports_a_closed_socket() -> None:
         left.close()
         with pytest.raises(ConnectionError):
             reader.pump()
+
+
+def test_reader_hands_confirms_to_the_publisher_and_other_frames_to_py_amqp() -> None:
+    """basic.ack and basic.nack (as py-amqp would write them) reach on_confirm; the rest do not."""
+    acks = amqp_frames(1, spec.Basic.Ack, dumps("Lb", (7, True)))
+    nack = amqp_frames(1, spec.Basic.Nack, dumps("Lbb", (9, False, True)))
+    other = amqp_wire.reject(1, 3, True)  # a method frame of the same size that is not a confirm
+    confirms: list[tuple[int, bool, bool]] = []
+    receiver = _Receiver()
+    receiver_bytes: dict[str, int] = {}
+    left, right = _pair()
+    with left, right:
+        reader = amqp_wire.FrameReader(_Counting(receiver, receiver_bytes), right,
+                                       lambda *confirm: confirms.append(confirm))
+        left.sendall(acks + other + nack)
+        assert 3 == reader.pump()
+    assert [(7, True, False), (9, False, True)] == confirms
+    assert [(1, 1, other[7:-1])] == receiver.frames
+    assert 2 == receiver_bytes["recv"]  # confirms still count as traffic for heartbeats
+
+
+class _Counting:
+    """A receiver with py-amqp's bytes_recv counter, which confirms must keep moving."""
+
+    def __init__(self, receiver: _Receiver, counts: dict[str, int]) -> None:
+        self.transport = receiver.transport
+        self.on_inbound_frame = receiver.on_inbound_frame
+        self._counts = counts
+        counts["recv"] = 0
+
+    @property
+    def bytes_recv(self) -> int:
+        return self._counts["recv"]
+
+    @bytes_recv.setter
+    def bytes_recv(self, value: int) -> None:
+        self._counts["recv"] = value
