@@ -70,6 +70,11 @@ def _utf8_len(value: str) -> int | None:
 _DECODER = json.JSONDecoder(parse_constant=_no_constants)
 
 
+# Likewise json.dumps(default=...) builds an encoder per call; these are built once.
+_INNER_ENCODER = json.JSONEncoder(default=str)
+_ENCODER = json.JSONEncoder()
+
+
 def _loads(data: bytes | str, what: str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
@@ -172,8 +177,8 @@ def new_unique_id() -> str:
 
 def wrap(inner: dict[str, Any]) -> bytes:
     """Inner object to body bytes in the oslo 2.0 envelope."""
-    text = json.dumps(inner, default=str)
-    return json.dumps({"oslo.version": OSLO_VERSION, "oslo.message": text}).encode()
+    text = _INNER_ENCODER.encode(inner)
+    return _ENCODER.encode({"oslo.version": OSLO_VERSION, "oslo.message": text}).encode()
 
 
 def failure(exc: BaseException) -> str:
