@@ -71,7 +71,11 @@ def paced(job: dict[str, Any]) -> dict[str, Any]:
     latencies = [(at - sent[event["message_id"]]) * 1000
                  for kind, items in counter.arrivals.items() if kind.endswith(".end")
                  for at, event in items if event["message_id"] in sent]
-    return {"latencies_ms": latencies}
+    # perf_counter is the system's monotonic clock: the measured process can
+    # compare its own timestamps with these to split the latency into hops.
+    arrived = {event["message_id"]: at for kind, items in counter.arrivals.items()
+               if kind.endswith(".end") for at, event in items}
+    return {"latencies_ms": latencies, "sent": sent, "arrived": arrived}
 
 
 def calls(job: dict[str, Any]) -> dict[str, Any]:
