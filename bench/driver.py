@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import Any
 
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from bench.common import EventCounter, is_end
 from worker.client import RpcClient
@@ -104,8 +104,11 @@ def rtt(job: dict[str, Any]) -> dict[str, Any]:
         producer = Producer(pub.channel())
         got: list[float] = []
         latencies: list[float] = []
-        with Consumer(channel, [queue], on_message=lambda m: (got.append(time.perf_counter()),
-                                                              m.ack())):
+        def arrived(message: Message) -> None:
+            got.append(time.perf_counter())
+            message.ack()
+
+        with Consumer(channel, [queue], on_message=arrived):
             for _ in range(job["count"]):
                 sent = time.perf_counter()
                 _publish(producer, exchange, name, b"{}")

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 from lxml import etree
 
 from bench.common import (
@@ -147,8 +147,11 @@ def raw_round_trip(url: str, exchange_name: str, count: int) -> list[float]:
         producer = Producer(pub.channel())
         got: list[float] = []
         samples: list[float] = []
-        with Consumer(channel, [queue],
-                      on_message=lambda m: (got.append(time.perf_counter()), m.ack())):
+        def arrived(message: Message) -> None:
+            got.append(time.perf_counter())
+            message.ack()
+
+        with Consumer(channel, [queue], on_message=arrived):
             for _ in range(count):
                 sent = time.perf_counter()
                 producer.publish(b"{}", exchange=exchange, routing_key=name,

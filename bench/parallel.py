@@ -200,7 +200,8 @@ def main() -> None:
     domain_type = ns.domain_type or ("kvm" if kvm_works(conn) else "qemu")
     uuids: list[str] = []
     raw_single, raw_par, work_single, work_par = [], [], [], []
-    in_order, actions, order_s = False, [], 0.0
+    in_order, order_s = False, 0.0
+    actions: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         tag = uuid.uuid4().hex[:8]
         # Own topic: the worker's fanout queue binds to <topic>_fanout, and other users of

@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
 bash scripts/venv.sh
-.venv/bin/ruff check worker handlers
+.venv/bin/ruff check worker handlers bench tests
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
