@@ -20,7 +20,7 @@ def instance_uuid(args: Args) -> str:
 
 def find_guest(ctx: Context, args: Args) -> Guest:
     """The domain the message names; InstanceNotFound when it is missing."""
-    return ctx.hypervisor.guest(instance_uuid(args))
+    return ctx.guest(instance_uuid(args))
 
 
 def describe(guest: Guest) -> Result:

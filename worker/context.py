@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.config import Config
+from worker.guest import Guest
 from worker.hypervisor import Hypervisor
 from worker.paths import InstancePaths
 
@@ -19,3 +20,11 @@ class Context:
     paths: InstancePaths
     request_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    _guests: dict[str, Guest] = field(default_factory=dict, repr=False)
+
+    def guest(self, uuid: str) -> Guest:
+        """The domain with this (canonical) UUID, looked up once per message."""
+        found = self._guests.get(uuid)
+        if found is None:
+            found = self._guests[uuid] = self.hypervisor.guest(uuid)
+        return found

@@ -28,7 +28,7 @@ from worker.errors import (
 from worker.hypervisor import Hypervisor
 from worker.journal import Journal, Outgoing
 from worker.ordering import KeyedExecutor
-from worker.paths import InstancePaths
+from worker.paths import InstancePaths, canonical_uuid
 from worker.publisher import Held
 from worker.retry import libvirt_policy
 from worker.schemas import check_args
@@ -239,7 +239,8 @@ class Dispatcher:
         held = None
         if method.action:
             held = self.outbox.hold(
-                self._instance_event(req, method.action, "start", self._peek(req)), START_HOLD)
+                self._instance_event(req, method.action, "start", self._peek(req, ctx)),
+                START_HOLD)
         result: Any = None
         answers: list[Outgoing] | None
         try:
@@ -274,10 +275,15 @@ class Dispatcher:
             self._on_verb_end(req.instance_uuid.lower(), result)
         return answers
 
-    def _peek(self, req: envelope.Request) -> dict[str, Any]:
-        """The instance as it is before the verb, for the start event; best effort."""
+    def _peek(self, req: envelope.Request, ctx: Context | None = None) -> dict[str, Any]:
+        """The instance as it is now, for a start or error event; best effort.
+
+        With the handler's ctx, the domain looked up here is the one the
+        handler gets: one lookup per message, not two.
+        """
         try:
-            return describe(self.hypervisor.guest(str(req.instance_uuid)))
+            uuid = canonical_uuid(str(req.instance_uuid).lower())
+            return describe(ctx.guest(uuid) if ctx is not None else self.hypervisor.guest(uuid))
         except WorkerError:
             return {}
 

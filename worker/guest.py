@@ -25,10 +25,12 @@ class Guard(Protocol):
 class Guest:
     """One libvirt domain. Method names say what happens, not what libvirt calls it."""
 
-    def __init__(self, dom: libvirt.virDomain, owner: Guard) -> None:
+    def __init__(self, dom: libvirt.virDomain, owner: Guard, uuid: str | None = None) -> None:
+        """uuid: the domain's canonical UUID when the caller already knows it (saves a call)."""
         self._dom = dom
         self._owner = owner
-        self.uuid: str = dom.UUIDString()
+        self.uuid: str = uuid if uuid is not None else dom.UUIDString()
+        self._name: str | None = None
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._owner.guard(self.uuid):
@@ -38,8 +40,11 @@ class Guest:
 
     @property
     def name(self) -> str:
-        """The domain's name."""
-        return str(self._call(self._dom.name))
+        """The domain's name (read once: a Guest lives for one message, and a
+        domain can only be renamed while it is off)."""
+        if self._name is None:
+            self._name = str(self._call(self._dom.name))
+        return self._name
 
     def state(self) -> tuple[int, int]:
         """libvirt's (state, reason) pair."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from worker.guest import Guest
 from worker.virt_errors import libvirt_errors
 
 log = logs.get(__name__)
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 LifecycleCallback = Callable[[str, int, int], None]
 """Called with (domain uuid, event, detail) from libvirt's event thread."""
@@ -163,7 +165,9 @@ class Hypervisor:
     def guest(self, uuid: str) -> Guest:
         """The domain with this UUID; InstanceNotFound when there is none."""
         with self.calls(uuid) as conn:
-            return Guest(conn.lookupByUUIDString(uuid), self)
+            dom = conn.lookupByUUIDString(uuid)
+            # Found by this exact spelling: its lowercase is what UUIDString() would say.
+            return Guest(dom, self, uuid.lower() if _CANONICAL_UUID.fullmatch(uuid) else None)
 
     def guests(self) -> list[Guest]:
         """Every domain on this host, running or only defined."""
