@@ -14,13 +14,13 @@ from kombu import Connection
 from worker import config as config_mod
 from worker import logs
 from worker.client import RemoteError, RpcClient, tail_events
-from worker.domain_xml import DomainSpec, domain, to_string
 from worker.service import Service
 
 MEMORY_URL = "memory://"
 HOST = "demo-host"
 # (method, extra args) in the order a scheduler might send them, per instance.
 SCRIPT: list[tuple[str, dict[str, Any]]] = [
+    ("build_and_run_instance", {}),  # diskless 64 MiB guests: the demo needs no images
     ("pause_instance", {}),
     ("unpause_instance", {}),
     ("suspend_instance", {}),
@@ -33,13 +33,10 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _define_domains(conn: libvirt.virConnect, names: list[str]) -> dict[str, str]:
-    uuids = {}
-    for name in names:
-        uid = str(uuid.uuid4())
-        conn.defineXML(to_string(domain(DomainSpec(name, uid, domain_type="test")))).create()
-        uuids[name] = uid
-    return uuids
+def _instance(method: str, uid: str, name: str) -> dict[str, Any]:
+    if method == "build_and_run_instance":
+        return {"uuid": uid, "name": name, "memory_mb": 64}
+    return {"uuid": uid}
 
 
 def _track(stop: threading.Event, seen: list[tuple[float, dict[str, Any]]],
@@ -63,7 +60,7 @@ def run_demo() -> int:
             "instances_path": f"{tmp}/instances", "state_dir": f"{tmp}/state",
             "max_concurrent_ops": 4, "soft_reboot_timeout": 2,
         }, environ={})
-        uuids = _define_domains(holder, ["web-1", "db-1"])
+        uuids = {name: str(uuid.uuid4()) for name in ("web-1", "db-1")}
         names = {uid: name for name, uid in uuids.items()}
         seen: list[tuple[float, dict[str, Any]]] = []
         stop, ready = threading.Event(), threading.Event()
@@ -80,8 +77,8 @@ def run_demo() -> int:
         with Connection(MEMORY_URL, transport_options={"polling_interval": 0.005}) as conn:
             client = RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic)
             for method, extra in SCRIPT:
-                for uid in uuids.values():
-                    client.cast(HOST, method, {"instance": {"uuid": uid}, **extra})
+                for name, uid in uuids.items():
+                    client.cast(HOST, method, {"instance": _instance(method, uid, name), **extra})
             expected = len(SCRIPT) * len(uuids)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
