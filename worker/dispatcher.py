@@ -254,7 +254,10 @@ class Dispatcher:
                 policy = libvirt_policy(lambda: self.draining, self.cfg.libvirt_retry_seconds,
                                         **({"sleep": self._retry_sleep} if self._retry_sleep
                                            else {}))
-                result = policy(method.handler, ctx, args)
+                # A fresh Context each try: the domains ctx looked up belong to
+                # the connection that broke, and would fail the same way again.
+                result = policy(lambda: method.handler(
+                    Context(self.hypervisor, self.cfg, self.paths, req.request_id), args))
             log.info("verb_completed", action=method.action,
                      power_state=result.get("power_state") if isinstance(result, dict) else None)
             answers = self._answers(req, method, result=result)

@@ -18,8 +18,9 @@ from worker.errors import OperationTimeout
 class Guard(Protocol):
     """What a Guest needs from its Hypervisor: error mapping around each call."""
 
-    def guard(self, uuid: str | None = None) -> AbstractContextManager[None]:
-        """Map libvirt errors raised inside the block."""
+    def guard(self, uuid: str | None = None,
+              conn: libvirt.virConnect | None = None) -> AbstractContextManager[None]:
+        """Map libvirt errors raised inside the block (calls made on conn)."""
 
 
 class Guest:
@@ -28,12 +29,13 @@ class Guest:
     def __init__(self, dom: libvirt.virDomain, owner: Guard, uuid: str | None = None) -> None:
         """uuid: the domain's canonical UUID when the caller already knows it (saves a call)."""
         self._dom = dom
+        self._conn = dom.connect()  # the Python object libvirt-python keeps: no call
         self._owner = owner
         self.uuid: str = uuid if uuid is not None else dom.UUIDString()
         self._name: str | None = None
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        with self._owner.guard(self.uuid):
+        with self._owner.guard(self.uuid, self._conn):
             return fn(*args)
 
     # --- reading state -------------------------------------------------------

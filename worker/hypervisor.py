@@ -121,11 +121,19 @@ class Hypervisor:
             conn.close()
         self._callback_ids = []
 
-    def mark_broken(self) -> None:
-        """Forget the connection after a call saw it broken; the next use reopens."""
+    def mark_broken(self, conn: libvirt.virConnect | None = None) -> bool:
+        """Forget the connection after a call saw it broken; the next use reopens.
+
+        With conn (the connection the failing call used), only that one: a
+        handle left over from before a reconnect fails with "client socket is
+        closed", which says nothing about the new connection. True when the
+        current connection was dropped.
+        """
         with self._lock:
-            if self._conn is not None:
-                self._drop(self._conn)
+            if self._conn is None or (conn is not None and conn is not self._conn):
+                return False
+            self._drop(self._conn)
+            return True
 
     def close(self) -> None:
         """Close the connection for good (at shutdown)."""
@@ -141,16 +149,20 @@ class Hypervisor:
             return False
 
     @contextlib.contextmanager
-    def guard(self, uuid: str | None = None) -> Iterator[None]:
-        """Map libvirt errors inside the block; a connection seen broken is forgotten."""
+    def guard(self, uuid: str | None = None,
+              conn: libvirt.virConnect | None = None) -> Iterator[None]:
+        """Map libvirt errors inside the block; a connection seen broken is forgotten.
+
+        conn is the connection the calls in the block use, when known.
+        """
         try:
             with libvirt_errors(uuid):
                 yield
         except HypervisorUnavailable as exc:
-            self.mark_broken()
             # A failing call is the other way (besides the close callback) to
-            # learn that libvirt is gone: tell the owner the same way.
-            if self._on_close is not None:
+            # learn that libvirt is gone: tell the owner the same way. Not for
+            # a stale handle whose connection was already replaced.
+            if (self.mark_broken(conn) or conn is None) and self._on_close is not None:
                 self._on_close(exc.message)
             raise
 
@@ -158,7 +170,9 @@ class Hypervisor:
     def calls(self, uuid: str | None = None) -> Iterator[libvirt.virConnect]:
         """The live connection, with errors mapped as ``guard`` does."""
         with self.guard(uuid):
-            yield self.connection()
+            conn = self.connection()
+        with self.guard(uuid, conn):
+            yield conn
 
     # --- domains -----------------------------------------------------------
 
