@@ -3,7 +3,7 @@
 Each bench runs as `python -m bench --run <name> <args>`: the bench module run
 as __main__, with bench.common.bench_config wrapped to remember the configs it
 made, so that the host queue, event queues and exchange of each are deleted at
-the end even when the bench itself leaves them (throughput and latency do).
+the end even when a bench fails before its own clean-up.
 Run: .venv/bin/python -m bench            (modest sizes; about five minutes here)
      .venv/bin/python -m bench --quick    (a smoke run of each, nothing recorded)
      .venv/bin/python -m bench --only parallel,fleet
@@ -64,9 +64,7 @@ def run_one(name: str, args: list[str]) -> int:
         code = exc.code
     finally:
         common.bench_config = original
-        # Imported only now: importing bench.fleet (and bench.latency with it) before
-        # running one of them as __main__ would run a second copy of that module.
-        from bench.fleet import delete_names, notification_names, service_names
+        from tests.brokers import delete_names, notification_names, service_names
 
         if made:
             queues = {q for cfg in made for q in service_names(cfg, []) + notification_names(cfg)}

@@ -24,8 +24,9 @@ import libvirt
 from kombu import Connection
 
 from bench.common import EventCounter, append_result, bench_config, is_end, machine, median
-from bench.fleet import delete_names, notification_names, service_names, wait_events
+from bench.fleet import wait_events
 from bench.parallel import QEMU_URI, kvm_works, remove_all
+from tests.brokers import delete_names, notification_names, service_names
 from worker import logs
 from worker.client import RpcClient
 from worker.domain_xml import DomainSpec, domain, to_string

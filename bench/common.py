@@ -9,13 +9,14 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import libvirt
 from kombu import Connection, Consumer, Exchange, Message, Queue
 
+from tests.brokers import delete_names, notification_names, service_names
 from worker import config as config_mod
 from worker import envelope
 from worker.config import Config
@@ -157,6 +158,13 @@ def append_result(section: str, row: str) -> None:
     body = body.rstrip("\n") + "\n" + line
     text = head + heading + body + (("\n## " + rest) if sep else "")
     RESULTS.write_text(text)
+
+
+def forget(cfg: Config, fanout_uniques: Iterable[str] = ()) -> None:
+    """Delete what a bench worker left on the broker: its queues (the event queues keep
+    every event nobody consumed) and its private exchange."""
+    delete_names(cfg.transport_url, service_names(cfg, fanout_uniques) + notification_names(cfg),
+                 [cfg.control_exchange])
 
 
 def median(values: list[float]) -> float:

@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -53,12 +53,12 @@ from bench.common import (
     median,
     percentile,
 )
+from tests.brokers import delete_names, notification_names, service_names
 from worker import config as config_mod
 from worker import envelope, logs
 from worker.config import Config
 from worker.domain_xml import DomainSpec, domain
 from worker.service import Service
-from worker.topology import PRIORITIES
 
 PROCS = os.cpu_count() or 2
 
@@ -83,16 +83,6 @@ def node_xml(path: str, count: int, *, prefix: str = "d", uuids: list[str] | Non
     return uuids
 
 
-def service_names(cfg: Config, fanout_uniques: Iterable[str]) -> list[str]:
-    """The queues a worker declares for itself: its host queue and its fanout queues."""
-    return [f"{cfg.topic}.{cfg.host}"] + [f"{cfg.topic}_fanout_{u}" for u in fanout_uniques]
-
-
-def notification_names(cfg: Config) -> list[str]:
-    """The event queues the publisher declares (they keep every event nobody consumes)."""
-    return [f"{cfg.notification_topic}.{p}" for p in PRIORITIES]
-
-
 def wait_events(counter: EventCounter, predicate: Callable[[str], bool], n: int,
                 timeout: float) -> float:
     """counter.wait, but failing at once (not after timeout) if the counter lost the broker.
@@ -111,25 +101,6 @@ def wait_events(counter: EventCounter, predicate: Callable[[str], bool], n: int,
                                    "RabbitMQ restarted?); events since then are lost") from None
             if time.monotonic() >= deadline:
                 raise
-
-
-def delete_names(url: str, queues: Iterable[str], exchanges: Iterable[str] = ()) -> int:
-    """Delete queues, then exchanges, by name (missing ones are fine); how many failed."""
-    failed = 0
-    with Connection(url) as conn:
-        channel = conn.channel()
-        for kind, name in [("q", q) for q in queues] + [("x", x) for x in exchanges]:
-            if kind == "x" and not name.startswith("bench"):
-                continue  # only the benches' own exchanges, never a shared one
-            try:
-                if kind == "q":
-                    channel.queue_delete(name)
-                else:
-                    channel.exchange_delete(name)
-            except Exception:  # noqa: BLE001 - a failed delete closes the channel
-                failed += 1
-                channel = conn.channel()
-    return failed
 
 
 def raw_round_trip(url: str, exchange_name: str, count: int) -> list[float]:

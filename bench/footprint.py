@@ -30,12 +30,10 @@ from kombu import Connection, Exchange, Producer
 from bench.common import EventCounter, append_result, bench_config, is_end, machine
 from bench.fleet import (
     cpu_and_wakeups,
-    delete_names,
     node_xml,
-    notification_names,
-    service_names,
     wait_events,
 )
+from tests.brokers import delete_names, notification_names, service_names
 from worker import envelope, logs
 from worker.client import RpcClient
 from worker.config import Config

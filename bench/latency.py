@@ -23,6 +23,7 @@ from bench.common import (
     append_result,
     bench_config,
     define_domains,
+    forget,
     machine,
     percentile,
     remove_domains,
@@ -137,6 +138,7 @@ def main() -> None:
                                ).result()["latencies_ms"]
             finally:
                 service.stop(grace=10)
+                forget(cfg, [service.consumer.fanout_unique])
     finally:
         remove_domains(holder, uuids)
         holder.close()

@@ -29,7 +29,8 @@ import libvirt
 from kombu import Connection
 
 from bench.common import EventCounter, append_result, bench_config, is_end, machine, median
-from bench.fleet import delete_names, notification_names, service_names, wait_events
+from bench.fleet import wait_events
+from tests.brokers import delete_names, notification_names, service_names
 from tests.helpers import remove_domain
 from worker import logs
 from worker.client import RpcClient

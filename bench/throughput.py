@@ -26,6 +26,7 @@ from bench.common import (
     append_result,
     bench_config,
     define_domains,
+    forget,
     machine,
     median,
     remove_domains,
@@ -127,6 +128,7 @@ def worker_run(cfg: Config, bodies: list[bytes]) -> float:
         return Driver.burst(cfg, f"{cfg.topic}.{cfg.host}", bodies).rate()
     finally:
         service.stop(grace=10)
+        forget(cfg, [service.consumer.fanout_unique])
 
 
 def main() -> None:

@@ -16,11 +16,14 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from kombu import Connection
+
+from worker.config import Config
+from worker.topology import PRIORITIES
 
 HOSTNAME = socket.gethostname()
 
@@ -248,3 +251,41 @@ def free_port(start: int) -> int:
         if _port_free(port):
             return port
     raise AssertionError(f"no free port from {start}")
+
+
+# --- the names a worker (or a test or bench config) leaves on a shared broker ------------
+
+def service_names(cfg: Config, fanout_uniques: Iterable[str]) -> list[str]:
+    """The queues a worker declares for itself: its host queue and its fanout queues."""
+    return [f"{cfg.topic}.{cfg.host}"] + [f"{cfg.topic}_fanout_{u}" for u in fanout_uniques]
+
+
+def notification_names(cfg: Config) -> list[str]:
+    """The event queues the publisher declares (they keep every event nobody consumes)."""
+    return [f"{cfg.notification_topic}.{p}" for p in PRIORITIES]
+
+
+def delete_names(url: str, queues: Iterable[str], exchanges: Iterable[str] = (),
+                 exchange_prefixes: tuple[str, ...] = ("bench",)) -> int:
+    """Delete queues, then exchanges, by name (missing ones are fine); how many failed.
+
+    Only exchanges whose names start with one of exchange_prefixes are
+    deleted: never a shared one such as nova.
+    """
+    failed = 0
+    with Connection(url) as conn:
+        channel = conn.channel()
+        for kind, name in [("q", q) for q in queues] + [("x", x) for x in exchanges]:
+            if kind == "x" and not name.startswith(exchange_prefixes):
+                continue  # only the benches' own exchanges, never a shared one
+            try:
+                if kind == "q":
+                    channel.queue_delete(name)
+                else:
+                    channel.exchange_delete(name)
+            except Exception:  # noqa: BLE001 - a failed delete closes the channel
+                failed += 1
+                channel = conn.channel()
+    return failed
+
+

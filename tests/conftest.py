@@ -13,6 +13,7 @@ import pytest
 import structlog
 from kombu import Connection
 
+from tests.brokers import delete_names, notification_names, service_names
 from tests.helpers import EventTap, define_test_domains, remove_test_domains
 from worker import config as config_mod
 from worker import logs
@@ -45,9 +46,14 @@ def broker_url() -> str:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, broker_url: str) -> Callable[..., Config]:
-    """Config factory with private names (exchange, host, topic) and private dirs per test."""
+def make_config(tmp_path: Path, broker_url: str) -> Iterator[Callable[..., Config]]:
+    """Config factory with private names (exchange, host, topic) and private dirs per test.
+
+    Afterwards the names are deleted from the broker: the event queues keep
+    every event nobody consumed, and a shared broker would pile them up.
+    """
     tag = uuid.uuid4().hex[:10]
+    made: list[Config] = []
 
     def make(**overrides: Any) -> Config:
         values: dict[str, Any] = {
@@ -63,9 +69,16 @@ def make_config(tmp_path: Path, broker_url: str) -> Callable[..., Config]:
             "confirm_timeout": 10,
         }
         values.update(overrides)
-        return config_mod.load(None, values, environ={})
+        made.append(config_mod.load(None, values, environ={}))
+        return made[-1]
 
-    return make
+    yield make
+    # Only on the shared broker: a test's private node is gone with its queues by now.
+    mine = [cfg for cfg in made if cfg.transport_url == broker_url]
+    if mine:
+        delete_names(broker_url,
+                     [q for cfg in mine for q in service_names(cfg, []) + notification_names(cfg)],
+                     {cfg.control_exchange for cfg in mine}, exchange_prefixes=("nova_",))
 
 
 @pytest.fixture
