@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -28,8 +27,8 @@ from worker.errors import (
 from worker.hypervisor import Hypervisor
 from worker.journal import Journal, Outgoing
 from worker.ordering import KeyedExecutor
+from worker.outbox import Confirms, Outbox
 from worker.paths import InstancePaths, canonical_uuid
-from worker.publisher import Held
 from worker.retry import libvirt_policy
 from worker.schemas import check_args
 
@@ -37,25 +36,6 @@ log = logs.get(__name__)
 _unordered = itertools.count()
 # A verb's start event waits at most this long to leave with its end event.
 START_HOLD = 0.05
-
-
-class Outbox(Protocol):
-    """Where the dispatcher hands messages to publish (the Publisher)."""
-
-    def send(self, out: Outgoing) -> Future[None]:
-        """Publish; the future resolves on the broker's confirm."""
-
-    def hold(self, out: Outgoing, seconds: float) -> Held:
-        """Publish within seconds, or at release(), whichever comes first."""
-
-    def release(self, held: Held) -> Future[None]:
-        """Queue a held message now."""
-
-    def watch_call(self, reply_q: str, msg_id: str, interval: float) -> int:
-        """Start call-monitor heartbeats."""
-
-    def unwatch_call(self, handle: int) -> None:
-        """Stop call-monitor heartbeats."""
 
 
 def _parts(version: str) -> tuple[int, int, int]:
@@ -370,7 +350,7 @@ class Dispatcher:
         self._unwatch(req)  # no heartbeat may follow the final reply
         with self._lock:
             self._awaiting += 1
-        confirms = _Confirms(len(outgoing),
+        confirms = Confirms(len(outgoing),
                              lambda error: self._confirmed(req, settle, on_success, error))
         for out in outgoing:
             self.outbox.send(out).add_done_callback(confirms.done)
@@ -394,25 +374,3 @@ class Dispatcher:
         """Block until every finished message is settled (its confirms are in); False on timeout."""
         with self._no_awaiting:
             return self._no_awaiting.wait_for(lambda: self._awaiting == 0, timeout)
-
-
-class _Confirms:
-    """Counts one message's publisher confirms; calls back once, on the last or first failure."""
-
-    def __init__(self, expected: int, then: Callable[[BaseException | None], None]) -> None:
-        self._left = expected
-        self._then = then
-        self._lock = threading.Lock()
-        if expected == 0:
-            then(None)
-
-    def done(self, future: Future[None]) -> None:
-        """A done-callback for each publish's future."""
-        error = future.exception()
-        with self._lock:
-            if self._left <= 0:
-                return  # already settled by an earlier failure
-            self._left = 0 if error is not None else self._left - 1
-            finished = self._left == 0
-        if finished:
-            self._then(error)
