@@ -192,4 +192,14 @@ def load(
         raise ConfigError("option require_signature: needs signing_key_file")
     if not config.host or any(c in config.host for c in "#* \t"):
         raise ConfigError(f"option host: {config.host!r} cannot be used in a routing key")
+    # Exchange names, queue names and routing keys are AMQP short strings: at
+    # most 255 bytes, or every publish and declare on them fails.
+    for option, name in (("control_exchange", config.control_exchange),
+                         ("topic", f"{config.topic}_fanout_{'0' * 32}"),
+                         ("host", f"{config.topic}.{config.host}"),
+                         ("notification_topic", f"{config.notification_topic}.error"),
+                         ("dead_letter_exchange", config.dead_letter_exchange)):
+        if len(name.encode("utf-8")) > 255:
+            raise ConfigError(f"option {option}: makes the AMQP name {name[:40]!r}... longer "
+                              "than 255 bytes")
     return config

@@ -204,3 +204,12 @@ def test_publisher_id_option_replaces_the_default() -> None:
     overrides: dict[str, Any] = {"publisher_id": "nova-compute:h1", "host": "h1"}
 
     assert "nova-compute:h1" == config.load(None, overrides, environ={}).event_publisher_id
+
+
+@pytest.mark.parametrize("option", ["control_exchange", "topic", "host", "notification_topic",
+                                    "dead_letter_exchange"])
+def test_names_too_long_for_amqp_are_refused_at_start(option: str) -> None:
+    """Every exchange, queue and routing key built from these must fit an AMQP short string."""
+    with pytest.raises(ConfigError, match=f"option {option}: .*longer than 255 bytes"):
+        config.load(overrides={option: "n" * 256}, environ={})
+    config.load(overrides={option: "n" * 150}, environ={})  # long, but every name still fits
