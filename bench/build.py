@@ -25,8 +25,9 @@ from kombu import Connection
 
 from bench.common import EventCounter, append_result, bench_config, is_end, machine, median
 from bench.fleet import wait_events
-from bench.parallel import QEMU_URI, kvm_works, remove_all
+from bench.parallel import QEMU_URI, remove_all
 from tests.brokers import delete_names, notification_names, service_names
+from tests.e2e.support import kvm_works
 from worker import logs
 from worker.client import RpcClient
 from worker.domain_xml import DomainSpec, domain, to_string

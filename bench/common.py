@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from kombu import Connection, Consumer, Exchange, Message, Queue
+from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from tests.brokers import delete_names, notification_names, service_names
 from worker import config as config_mod
@@ -170,3 +170,34 @@ def forget(cfg: Config, fanout_uniques: Iterable[str] = ()) -> None:
 def median(values: list[float]) -> float:
     """Median."""
     return statistics.median(values)
+
+
+def raw_round_trip(url: str, exchange_name: str, count: int) -> list[float]:
+    """Publish one message and wait for it on a queue of the same broker, count times (ms).
+
+    The baseline every bench prints beside its figures (bench.driver's rtt
+    mode runs it in the driver's process).
+    """
+    with Connection(url) as pub, Connection(url) as sub:
+        exchange = Exchange(exchange_name, type="topic", durable=False)
+        name = f"rtt_{uuid.uuid4().hex}"
+        channel = sub.channel()
+        queue = Queue(name, exchange, routing_key=name, auto_delete=True)(channel)
+        queue.declare()
+        producer = Producer(pub.channel())
+        got: list[float] = []
+        samples: list[float] = []
+
+        def arrived(message: Message) -> None:
+            got.append(time.perf_counter())
+            message.ack()
+
+        with Consumer(channel, [queue], on_message=arrived):
+            for _ in range(count):
+                sent = time.perf_counter()
+                producer.publish(b"{}", exchange=exchange, routing_key=name,
+                                 content_type="application/json", delivery_mode=2)
+                while not got:
+                    sub.drain_events(timeout=5)
+                samples.append((got.pop() - sent) * 1000)
+        return samples

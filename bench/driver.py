@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
 from typing import Any
 
-from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
+from kombu import Connection, Exchange, Producer
 
-from bench.common import EventCounter, is_end
+from bench.common import EventCounter, is_end, raw_round_trip
 from worker.client import RpcClient
 
 
@@ -95,30 +94,7 @@ def calls(job: dict[str, Any]) -> dict[str, Any]:
 def rtt(job: dict[str, Any]) -> dict[str, Any]:
     """The raw broker: publish one message, consume it, count times; ms each."""
     print(json.dumps({"ready": True}), flush=True)
-    with Connection(job["url"]) as pub, Connection(job["url"]) as sub:
-        exchange = Exchange(job["exchange"], type="topic", durable=False)
-        name = f"rtt_{uuid.uuid4().hex}"
-        channel = sub.channel()
-        queue = Queue(name, exchange, routing_key=name, auto_delete=True)(channel)
-        queue.declare()
-        producer = Producer(pub.channel())
-        got: list[float] = []
-        latencies: list[float] = []
-        def arrived(message: Message) -> None:
-            got.append(time.perf_counter())
-            message.ack()
-
-        with Consumer(channel, [queue], on_message=arrived):
-            for _ in range(job["count"]):
-                sent = time.perf_counter()
-                _publish(producer, exchange, name, b"{}")
-                while not got:
-                    try:
-                        sub.drain_events(timeout=5)
-                    except TimeoutError:
-                        break
-                latencies.append((got.pop() - sent) * 1000)
-    return {"latencies_ms": latencies}
+    return {"latencies_ms": raw_round_trip(job["url"], job["exchange"], job["count"])}
 
 
 MODES = {"burst": burst, "paced": paced, "calls": calls, "rtt": rtt}

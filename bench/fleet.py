@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
+from kombu import Connection, Exchange, Producer
 from lxml import etree
 
 from bench.common import (
@@ -52,6 +52,7 @@ from bench.common import (
     machine,
     median,
     percentile,
+    raw_round_trip,
 )
 from tests.brokers import delete_names, notification_names, service_names
 from worker import config as config_mod
@@ -101,36 +102,6 @@ def wait_events(counter: EventCounter, predicate: Callable[[str], bool], n: int,
                                    "RabbitMQ restarted?); events since then are lost") from None
             if time.monotonic() >= deadline:
                 raise
-
-
-def raw_round_trip(url: str, exchange_name: str, count: int) -> list[float]:
-    """Publish one message and wait for it on a queue of the same broker, count times (ms).
-
-    The same measurement as bench.latency's raw_round_trip, kept here so this
-    bench does not depend on that module's internals.
-    """
-    with Connection(url) as pub, Connection(url) as sub:
-        exchange = Exchange(exchange_name, type="topic", durable=False)
-        name = f"rtt_{uuid.uuid4().hex}"
-        channel = sub.channel()
-        queue = Queue(name, exchange, routing_key=name, auto_delete=True)(channel)
-        queue.declare()
-        producer = Producer(pub.channel())
-        got: list[float] = []
-        samples: list[float] = []
-        def arrived(message: Message) -> None:
-            got.append(time.perf_counter())
-            message.ack()
-
-        with Consumer(channel, [queue], on_message=arrived):
-            for _ in range(count):
-                sent = time.perf_counter()
-                producer.publish(b"{}", exchange=exchange, routing_key=name,
-                                 content_type="application/json", delivery_mode=2)
-                while not got:
-                    sub.drain_events(timeout=5)
-                samples.append((got.pop() - sent) * 1000)
-        return samples
 
 
 # --- the worker side: `python -m bench.fleet --serve` hosts some of the fleet ---------------

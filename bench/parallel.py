@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import os
 import tempfile
 import threading
 import time
@@ -31,6 +29,7 @@ from kombu import Connection
 from bench.common import EventCounter, append_result, bench_config, is_end, machine, median
 from bench.fleet import wait_events
 from tests.brokers import delete_names, notification_names, service_names
+from tests.e2e.support import kvm_works
 from tests.helpers import remove_domain
 from worker import logs
 from worker.client import RpcClient
@@ -41,27 +40,6 @@ from worker.service import Service
 
 QEMU_URI = "qemu:///system"
 NAME_PREFIX = "cw-bench-par-"
-
-
-def kvm_works(conn: libvirt.virConnect) -> bool:
-    """True when /dev/kvm answers the KVM API (and can create a VM) and libvirt offers kvm."""
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        if fcntl.ioctl(fd, 0xAE00) != 12:  # KVM_GET_API_VERSION
-            return False
-        os.close(fcntl.ioctl(fd, 0xAE01, 0))  # KVM_CREATE_VM
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    try:
-        conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
-    except libvirt.libvirtError:
-        return False
-    return True
 
 
 def define_vms(conn: libvirt.virConnect, count: int, domain_type: str,
