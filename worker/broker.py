@@ -27,6 +27,20 @@ def connection_for(cfg: Config, *, confirm: bool = False) -> Connection:
                       connect_timeout=10, ssl=tls)
 
 
+def open_connection(cfg: Config) -> Connection:
+    """connection_for(cfg), connected with one try; released again if that fails.
+
+    For reconnecting(), which owns the retries and the backoff between them.
+    """
+    conn = connection_for(cfg)
+    try:
+        conn.ensure_connection(max_retries=1)
+    except Exception:
+        conn.release()
+        raise
+    return conn
+
+
 # The smallest wait py-amqp handles as a wait: with 0 its socket turns
 # non-blocking and a short read spins on EAGAIN instead of timing out.
 _POLL = 0.0001

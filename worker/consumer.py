@@ -14,7 +14,7 @@ from kombu import Message
 
 from worker import amqp_wire, logs
 from worker.amqp_wire import FrameReader
-from worker.broker import Waker, connection_for, socket_of
+from worker.broker import Waker, open_connection, socket_of
 from worker.config import Config
 from worker.delivery import Delivery, Settlement
 from worker.retry import reconnecting
@@ -59,19 +59,11 @@ class Consumer:
     def run(self) -> None:
         """Consume until stop(), reconnecting with backoff when the broker goes away."""
         try:
-            reconnecting(self._connect, self._serve, name="consumer",
+            reconnecting(lambda: open_connection(self.cfg), self._serve, name="consumer",
                          stopping=self._stop.is_set)
         finally:
             self._waker.close()
 
-    def _connect(self) -> Any:
-        conn = connection_for(self.cfg, confirm=False)
-        try:
-            conn.ensure_connection(max_retries=1)
-        except Exception:
-            conn.release()
-            raise
-        return conn
 
     def _serve(self, conn: Any) -> None:
         channel = conn.channel()

@@ -22,7 +22,7 @@ from kombu import Connection, Producer
 
 from worker import amqp_wire, envelope, logs, signing
 from worker.amqp_wire import FrameReader
-from worker.broker import Waker, connection_for, drain_ready, socket_of
+from worker.broker import Waker, drain_ready, open_connection, socket_of
 from worker.config import Config
 from worker.errors import PublishError
 from worker.journal import Outgoing
@@ -180,19 +180,11 @@ class Publisher:
 
     def _run(self) -> None:
         try:
-            reconnecting(self._connect, self._serve, name="publisher",
+            reconnecting(lambda: open_connection(self.cfg), self._serve, name="publisher",
                          stopping=lambda: self._stopping and not self._queue and not self._held)
         finally:
             self._waker.close()
 
-    def _connect(self) -> Connection:
-        conn = connection_for(self.cfg)
-        try:
-            conn.ensure_connection(max_retries=1)
-        except Exception:
-            conn.release()
-            raise
-        return conn
 
     def _serve(self, conn: Connection) -> None:
         """One connection's life; reconnecting() opens and closes the connection."""
