@@ -116,6 +116,12 @@ class OperationTimeout(WorkerError):
     """A verb did not reach its target state in time."""
 
 
+class JournalUnavailable(WorkerError):
+    """The journal cannot be written or read (disk full, read-only, I/O error)."""
+
+    expected = False
+
+
 class PublishError(WorkerError):
     """The broker did not confirm a publish in time, or refused it."""
 

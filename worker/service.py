@@ -52,6 +52,10 @@ class Service:
         ]
         self._libvirt_down = threading.Event()
         self._lost_reason = ""
+        # kind -> reason of every fault now lasting (libvirt lost, broker
+        # blocked, journal unwritable): consuming is paused while any lasts.
+        self._faults: dict[str, str] = {}
+        self._faults_lock = threading.Lock()
         self._stopping = threading.Event()
         self.stopped = threading.Event()
         self.libvirt_outages = 0
@@ -78,6 +82,36 @@ class Service:
         self._lost_reason = reason
         self._libvirt_down.set()
 
+    def fault(self, kind: str, reason: str | None) -> None:
+        """A fault of this kind began (with its reason) or ended (None).
+
+        While any fault lasts the worker takes no messages (they wait in the
+        queue) and reports itself disabled with every reason; when the last
+        one ends it takes messages again and says so.
+        """
+        with self._faults_lock:
+            before = dict(self._faults)
+            if reason is None:
+                self._faults.pop(kind, None)
+            else:
+                self._faults[kind] = reason
+            now = dict(self._faults)
+            if now == before:
+                return
+            if now:
+                self.consumer.pause()
+            elif not self._stopping.is_set():
+                self.consumer.resume()
+            log.info("service_faults_changed", faults=sorted(now), consuming=not now)
+            # Under the lock: two changes close together are reported in order.
+            self.publish_service_status(up=True, disabled_reason="; ".join(now.values()) or None)
+
+    @property
+    def faults(self) -> dict[str, str]:
+        """The faults lasting now: kind -> reason."""
+        with self._faults_lock:
+            return dict(self._faults)
+
     # --- threads ---------------------------------------------------------------------------
 
     def _consume(self) -> None:
@@ -95,18 +129,16 @@ class Service:
             self.libvirt_outages += 1
             reason = self._lost_reason or "libvirt connection lost"
             log.error("libvirt_unavailable_consuming_paused", reason=reason)
-            self.consumer.pause()
-            self.publish_service_status(up=True, disabled_reason=f"libvirt unavailable: {reason}")
+            self.fault("libvirt", f"libvirt unavailable: {reason}")
             policy = libvirt_reconnect_policy(self._sleep)
             try:
                 policy(self._reconnect)
             except HypervisorUnavailable:
                 continue  # only when stopping
             self._libvirt_down.clear()
-            self.publish_service_status(up=True, disabled_reason=None)
             self.watch.sync_now()
-            self.consumer.resume()
-            log.info("libvirt_reconnected_consuming_resumed", uri=self.cfg.libvirt_uri)
+            self.fault("libvirt", None)
+            log.info("libvirt_reconnected", uri=self.cfg.libvirt_uri)
 
     def _reconnect(self) -> None:
         if self._stopping.is_set():
