@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import re
+import uuid as uuidlib
 from dataclasses import dataclass
 
 from lxml import etree
+
+from worker.errors import UnsafePath
+
+# libvirt and QEMU use a domain's name as a file name in their own state
+# directories: ".." there once made libvirtd delete entries of its state
+# directory. The schema refuses such names; this is the second line, for
+# names that reach the builder another way. Keep it equal to the
+# domain_name pattern of schemas/rpc/definitions.json (a unit test does).
+DOMAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_name(name: str) -> str:
+    """name when it is safe as a domain name everywhere libvirt puts it; UnsafePath if not."""
+    if not isinstance(name, str) or not DOMAIN_NAME.fullmatch(name):
+        raise UnsafePath(f"domain name {name!r:.80} is not 1-64 ASCII letters, digits, '.', "
+                         "'_' or '-' starting with a letter or digit")
+    return name
 
 
 @dataclass(frozen=True)
@@ -30,9 +49,15 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None,
 
 
 def domain(spec: DomainSpec) -> etree._Element:
-    """The <domain> element for spec."""
+    """The <domain> element for spec; UnsafePath for a name or UUID libvirt must not see."""
+    try:
+        canonical = str(uuidlib.UUID(spec.uuid)) == spec.uuid
+    except (ValueError, TypeError):
+        canonical = False
+    if not canonical:
+        raise UnsafePath(f"domain uuid {spec.uuid!r:.80} is not a canonical UUID")
     root = etree.Element("domain", type=spec.domain_type)
-    _sub(root, "name", spec.name)
+    _sub(root, "name", check_name(spec.name))
     _sub(root, "uuid", spec.uuid)
     _sub(root, "memory", str(spec.memory_mib), unit="MiB")
     _sub(root, "vcpu", str(spec.vcpus))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from lxml import etree
 
 from tests.unit.support import PROPERTY, UUID
-from worker.domain_xml import DomainSpec, disk, domain, to_string
+from worker.domain_xml import DOMAIN_NAME, DomainSpec, disk, domain, to_string
+from worker.errors import UnsafePath
 
 GOLDEN = f"""
 <domain type="kvm">
@@ -88,16 +90,34 @@ def _tags(xml: str) -> list[str]:
 
 @PROPERTY
 @given(xml_text | st.sampled_from(["</name><name>evil", "<!--", "]]>", "&lt;", "&#0;",
-                                   "<?xml version='1.0'?>", "\r\n", " x "]))
-def test_any_name_round_trips_and_adds_no_element(name: str) -> None:
-    """A name with XML metacharacters comes back unchanged and the tree keeps its shape."""
-    xml = to_string(domain(DomainSpec(name=name, uuid=UUID, disks=("/d",))))
+                                   "<?xml version='1.0'?>", "\r\n", " x ", ".", "..", "-x"]))
+def test_any_name_is_refused_or_round_trips_and_adds_no_element(name: str) -> None:
+    """A name either fails the builder's check or comes back unchanged in an unchanged tree."""
+    try:
+        xml = to_string(domain(DomainSpec(name=name, uuid=UUID, disks=("/d",))))
+    except UnsafePath:
+        assert DOMAIN_NAME.fullmatch(name) is None
+        return
 
     root = etree.fromstring(xml)
 
     assert name == root.findtext("name")
     assert [] == list(root.find("name"))
     assert _tags(REFERENCE) == _tags(xml)
+
+
+@pytest.mark.parametrize("name", [".", "..", ".x", "-x", "a/b", "a\ufffe", "a\ud800", "", "a" * 65])
+def test_builder_refuses_names_unsafe_as_file_names(name: str) -> None:
+    """The builder checks the name itself, for names that did not come through a schema."""
+    with pytest.raises(UnsafePath):
+        domain(DomainSpec(name=name, uuid=UUID))
+
+
+@pytest.mark.parametrize("uuid", ["../x", "ABCDEF01-2222-3333-4444-555555555555", "not-a-uuid", ""])
+def test_builder_refuses_a_non_canonical_uuid(uuid: str) -> None:
+    """Only a canonical UUID reaches libvirt, which names files after it too."""
+    with pytest.raises(UnsafePath):
+        domain(DomainSpec(name="vm1", uuid=uuid))
 
 
 @PROPERTY

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from lxml import etree
 
 from handlers.registry import METHODS
 from tests.unit.support import PROPERTY, UUID, WIRE_SAMPLES, inner, json_values, surrogate_text
-from worker import envelope, events, schemas
+from worker import domain_xml, envelope, events, schemas
 from worker.errors import InvalidArguments, InvalidEnvelope
 
 
@@ -36,7 +40,8 @@ def test_every_event_schema_compiles(name: str) -> None:
 def test_definitions_file_is_not_a_method_schema() -> None:
     """The shared definitions are merged in, not listed as a schema of their own."""
     assert "definitions" not in schemas.names("rpc")
-    assert {"uuid", "safe_name", "instance"} <= set(schemas.raw("rpc", "pause_instance")["$defs"])
+    assert {"uuid", "domain_name", "instance"} <= set(
+        schemas.raw("rpc", "pause_instance")["$defs"])
 
 
 def test_reboot_type_defaults_to_soft() -> None:
@@ -97,22 +102,52 @@ def test_uuid_pattern_rejects_junk(uuid: Any) -> None:
     assert caught.value.message.startswith("pause_instance: ")
 
 
-@pytest.mark.parametrize("name", ["vm1", "instance-00000001", "ünïcødé ☃", "a" * 255, "..",
-                                  "a b"])
-def test_plain_names_pass(name: str) -> None:
-    """Printable names up to 255 characters pass."""
+@pytest.mark.parametrize("name", ["vm1", "instance-00000001", "a" * 64, "web-1.example_2",
+                                  "0", "A..b"])
+def test_conservative_names_pass(name: str) -> None:
+    """ASCII letters, digits, '.', '_' and '-' from a letter or digit, up to 64, pass."""
     assert name == schemas.check_args("pause_instance", {"instance": instance(name=name)})[
         "instance"]["name"]
 
 
 @pytest.mark.parametrize("name", [
-    "vm\n1", "vm1\n", "vm\x001", "vm/1", "/", "../etc", "", "a" * 256, "vm\x7f", "vm\t1",
-    "vm\r", "\x1b[31m", 5, None,
+    ".", "..", ".hidden", "-rf", "--help", "_x", "vm/1", "/", "../etc", "", "a" * 65,
+    "vm\n1", "vm1\n", "vm\x001", "vm\x7f", "vm\t1", "vm\r", "\x1b[31m", "a b", " ", "   ",
+    "ünïcødé", "vm\ufffe", "vm\ud800", "\udfff", "a\u202eb", "a\u200bb", "\u200b", "a\u00a0b",
+    "vm:1", "vm@1", "vm*", "vm\\1", 5, None,
 ], ids=repr)
-def test_name_pattern_rejects_control_characters_and_slashes(name: Any) -> None:
-    """Names with newlines, NUL, other control characters or '/', and non-strings, fail."""
+def test_names_unsafe_as_a_file_name_fail(name: Any) -> None:
+    """Dot names, leading dots and dashes, control, bidi, zero-width, space and non-ASCII fail."""
     with pytest.raises(InvalidArguments):
         schemas.check_args("pause_instance", {"instance": instance(name=name)})
+
+
+def test_schema_and_xml_builder_share_one_name_rule() -> None:
+    """The domain_name pattern of the schema is the builder's own check, character for character."""
+    pattern = schemas.raw("rpc", "pause_instance")["$defs"]["domain_name"]["pattern"]
+
+    assert f"^{domain_xml.DOMAIN_NAME.pattern}$" == pattern
+
+
+@PROPERTY
+@given(surrogate_text | st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,70}\Z"))
+def test_every_name_the_schema_accepts_is_a_file_name_and_survives_the_xml_round_trip(
+        name: str) -> None:
+    """Whatever the build schema accepts as a name is one safe file name component and XML text."""
+    args = {"instance": instance(name=name)}
+    try:
+        schemas.check_args("build_and_run_instance", args)
+    except InvalidArguments:
+        return
+    assert name not in (".", "..") and not name.startswith((".", "-"))
+    assert os.path.basename(name) == name and "\x00" not in name
+    assert len(os.fsencode(name)) <= 255
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, name).write_text("x")
+        assert [name] == os.listdir(tmp)
+        assert Path(tmp) == Path(tmp, name).resolve().parent
+    xml = domain_xml.to_string(domain_xml.domain(domain_xml.DomainSpec(name=name, uuid=UUID)))
+    assert name == etree.fromstring(xml).findtext("name")
 
 
 @pytest.mark.parametrize("args", [
