@@ -130,7 +130,6 @@ def build_and_run_instance(ctx: Context, args: Args) -> Result:
                            f"is not supported (only {', '.join(BUILD_DOMAIN_TYPES)})")
     instance = args["instance"]
     directory = ctx.paths.instance_dir(uuid)
-    made_directory = not directory.exists()
     guest: Guest | None = None
     try:
         directory.mkdir(mode=0o700, exist_ok=True)
@@ -149,7 +148,7 @@ def build_and_run_instance(ctx: Context, args: Args) -> Result:
         # finds whatever was defined and finishes it (the branch above).
         raise
     except Exception:
-        _roll_back(ctx, uuid, guest, made_directory)
+        _roll_back(ctx, uuid, guest)
         raise
     return describe(guest)
 
@@ -163,15 +162,19 @@ def _root_disk(ctx: Context, args: Args, directory: Path) -> tuple[str, ...]:
     return (str(images.create_root_disk(directory / "disk", root_gb, base)),)
 
 
-def _roll_back(ctx: Context, uuid: str, guest: Guest | None, made_directory: bool) -> None:
-    """Undo a failed build; log (not raise) what cannot be undone, so the first error is kept."""
+def _roll_back(ctx: Context, uuid: str, guest: Guest | None) -> None:
+    """Undo a failed build; log (not raise) what cannot be undone, so the first error is kept.
+
+    The instance's directory goes whoever made it: no domain had this UUID
+    when the build began, so whatever the directory holds was left by an
+    earlier attempt of the same build (killed after making its disk).
+    """
     try:
         if guest is not None:
             if guest.is_active():
                 guest.power_off()
             guest.undefine()
-        if made_directory:
-            ctx.paths.remove_instance_dir(uuid)
+        ctx.paths.remove_instance_dir(uuid)
         log.warning("build_rolled_back", uuid=uuid)
     except Exception as exc:
         log.error("build_roll_back_incomplete", uuid=uuid, error=str(exc)[:200])

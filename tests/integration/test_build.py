@@ -114,6 +114,39 @@ def test_a_failed_build_is_rolled_back_and_reported(
     assert not (worker.paths.root / uid).exists()
 
 
+def test_a_failed_retry_removes_the_disk_an_earlier_attempt_left(
+        worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config, built: list[str]) -> None:
+    """A build killed after making its disk, then retried and failing, leaves no directory."""
+    uid = str(uuid.uuid4())
+    built.append(uid)
+    left = worker.paths.root / uid
+    left.mkdir(parents=True)
+    _img("-f", "qcow2", str(left / "disk"), "1M")  # what the killed attempt had made
+
+    rpc.cast(cfg.host, "build_and_run_instance",
+             {"instance": {"uuid": uid, "root_gb": 1}, "image": {"id": "not-there"}})
+
+    tap.wait_type(uid, "instance.create.error")
+    assert None is domain_state("test:///default", uid)
+    assert not left.exists()
+
+
+@pytest.mark.parametrize("name", [".", "..", ".snapshot", "-rf", "a/b", "vm\ufffe", "vm\ud800",
+                                  "a\u202eb", "a\u200b", "   "], ids=repr)
+def test_a_domain_name_unsafe_as_a_file_name_is_refused_with_nothing_made(
+        worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config, built: list[str],
+        name: str) -> None:
+    """'..' once made libvirtd delete its own state: such names never reach libvirt."""
+    uid = str(uuid.uuid4())
+    built.append(uid)
+    with pytest.raises(RemoteError) as failure:
+        rpc.call(cfg.host, "build_and_run_instance", {"instance": {"uuid": uid, "name": name}},
+                 timeout=10)
+    assert "InvalidArguments" == failure.value.exc_class
+    assert None is domain_state("test:///default", uid)
+    assert not (worker.paths.root / uid).exists()
+
+
 def test_building_again_finishes_the_existing_domain_instead_of_a_second(
         worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config, built: list[str]) -> None:
     uid = _build(rpc, cfg, built, name="again")
