@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -95,6 +96,24 @@ def _short(value: Any, name: str, partial: dict[str, Any]) -> str | None:
     return str(value)
 
 
+def _timeout(value: Any, partial: dict[str, Any]) -> float | None:
+    """A call's ``_timeout`` in seconds: any positive finite number (null: none)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEnvelope(f"_timeout must be a number of seconds, not {type(value).__name__}",
+                              **partial)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise InvalidEnvelope("_timeout must be a finite number of seconds", **partial)
+    if seconds <= 0:
+        raise InvalidEnvelope(f"_timeout must be above 0 seconds, got {value!r:.40}", **partial)
+    return seconds
+
+
 def _partial(inner: dict[str, Any]) -> dict[str, Any]:
     """What an error answer can still use from a message that fails later checks."""
     out: dict[str, Any] = {}
@@ -152,11 +171,7 @@ def decode_request(body: bytes | str, max_bytes: int) -> Request:
     namespace = inner.get("namespace")
     if namespace is not None and not isinstance(namespace, str):
         raise InvalidEnvelope("namespace must be a string", **partial)
-    timeout = inner.get("_timeout")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 1e6
-    ):
-        raise InvalidEnvelope("_timeout must be a positive number", **partial)
+    timeout = _timeout(inner.get("_timeout"), partial)
     msg_id = _short(inner.get("_msg_id"), "_msg_id", partial)
     reply_q = _short(inner.get("_reply_q"), "_reply_q", partial)
     unique_id = _short(inner.get("_unique_id"), "_unique_id", partial)
@@ -165,7 +180,7 @@ def decode_request(body: bytes | str, max_bytes: int) -> Request:
     context = {k[len("_context_"):]: v for k, v in inner.items() if k.startswith("_context_")}
     return Request(
         method=method, args=args, version=version, namespace=namespace, unique_id=unique_id,
-        msg_id=msg_id, reply_q=reply_q, timeout=float(timeout) if timeout else None,
+        msg_id=msg_id, reply_q=reply_q, timeout=timeout,
         context=context,
     )
 

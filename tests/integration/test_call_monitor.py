@@ -1,0 +1,60 @@
+"""Call-monitor heartbeats on a real broker: a floor on their rate, one log line per lost caller."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kombu import Connection, Queue
+from structlog.testing import capture_logs
+
+from worker import envelope
+from worker.config import Config
+from worker.publisher import Publisher
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def publisher(cfg: Config) -> Iterator[Publisher]:
+    """The worker's publisher on its own, connected to the test broker."""
+    pub = Publisher(cfg)
+    pub.start()
+    assert pub.wait_connected(10)
+    yield pub
+    pub.stop()
+
+
+def test_a_tiny_timeout_gets_at_most_one_heartbeat_a_second(publisher: Publisher,
+                                                            cfg: Config) -> None:
+    """_timeout 0.2 ms behind a slow verb once made thousands of beats; now about one a second."""
+    reply_q = f"reply_{uuid.uuid4().hex}"
+    with Connection(cfg.transport_url) as conn:
+        queue = Queue(reply_q, exclusive=True, auto_delete=True)(conn.channel())
+        queue.declare()
+        handle = publisher.watch_call(reply_q, uuid.uuid4().hex, 0.0001)
+        time.sleep(2.5)
+        publisher.unwatch_call(handle)
+        time.sleep(0.3)
+        beats = []
+        while (message := queue.get(no_ack=True)) is not None:
+            beats.append(envelope.unwrap(message.body, 1 << 20))
+
+    assert 2 <= len(beats) <= 4, len(beats)
+    assert all(b["ending"] is False and b["result"] is None for b in beats)
+
+
+def test_heartbeats_to_a_gone_caller_are_logged_once_and_stop(publisher: Publisher) -> None:
+    """A reply queue nobody holds returns the beat: one warning for the call, then no more beats."""
+    msg_id = uuid.uuid4().hex
+    with capture_logs() as logs:
+        publisher.watch_call(f"reply_{uuid.uuid4().hex}", msg_id, 0.0001)
+        time.sleep(1.5)
+        published = publisher.published
+        time.sleep(2.2)
+
+    returned = [e for e in logs if e["event"] == "message_returned"]
+    assert [msg_id] == [e["msg_id"] for e in returned]
+    assert published == publisher.published  # the watch ended with the first return
