@@ -108,8 +108,11 @@ def _client(ns: argparse.Namespace, cfg: Config) -> int:
             raise ConfigError(f"--args is not valid JSON: {exc}") from None
         if not isinstance(args, dict):
             raise ConfigError("--args must be a JSON object")
+        from worker.signing import load_key
+
+        key = load_key(cfg.signing_key_file) if cfg.signing_key_file else None
         client = RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic,
-                           durable=cfg.amqp_durable_queues)
+                           durable=cfg.amqp_durable_queues, signing_key=key)
         if ns.command == "cast":
             sent = client.cast(ns.target_host, ns.method, args, version=ns.rpc_version)
             print(json.dumps({"cast": ns.method, "_unique_id": sent["_unique_id"]}))

@@ -10,7 +10,7 @@ from typing import Any
 
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
-from worker import envelope
+from worker import envelope, signing
 from worker.errors import WorkerError
 
 
@@ -31,8 +31,10 @@ class RpcClient:
     """Casts and calls on ``<topic>.<host>``; like oslo, one reply queue serves all its calls."""
 
     def __init__(self, connection: Connection, *, exchange: str = "nova", topic: str = "compute",
-                 durable: bool = False) -> None:
+                 durable: bool = False, signing_key: bytes | None = None) -> None:
+        """signing_key: sign every cast and call, as a worker with require_signature wants."""
         self.conn = connection
+        self._key = signing_key
         self.exchange = Exchange(exchange, type="topic", durable=durable, auto_delete=False)
         self.topic = topic
         self._producer = Producer(connection.channel())
@@ -50,9 +52,11 @@ class RpcClient:
         return msg
 
     def _publish(self, routing_key: str, body: bytes) -> None:
+        headers = (signing.headers(self._key, self.exchange.name, routing_key, body)
+                   if self._key is not None else None)
         self._producer.publish(body, exchange=self.exchange, routing_key=routing_key,
                                content_type="application/json", content_encoding="utf-8",
-                               delivery_mode=2)
+                               delivery_mode=2, headers=headers)
 
     def cast(self, host: str, method: str, args: dict[str, Any], *, version: str = "1.0",
              context: dict[str, Any] | None = None) -> dict[str, Any]:

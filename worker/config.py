@@ -82,6 +82,10 @@ class Config:
     )
     signing_key_file: str = _opt("", "file with the HMAC-SHA256 key for signed messages")
     require_signature: bool = _opt(False, "reject messages without a valid signature")
+    signature_max_age: float = _opt(
+        300.0, "seconds a signature stays good (refused older, or dated that far ahead)",
+        minimum=1,
+    )
     ssl_ca_file: str = _opt("", "CA bundle to verify the broker's certificate (amqps://)")
     max_message_bytes: int = _opt(1048576, "larger bodies are rejected", minimum=256)
     soft_reboot_timeout: float = _opt(
@@ -190,6 +194,10 @@ def load(
                           "set amqp_durable_queues (--durable-queues) too")
     if config.require_signature and not config.signing_key_file:
         raise ConfigError("option require_signature: needs signing_key_file")
+    if config.signature_max_age >= config.journal_max_age:
+        # Past the journal's memory a replay inside the window would run again.
+        raise ConfigError("option signature_max_age: must be shorter than journal_max_age "
+                          f"({config.journal_max_age:g}s)")
     if not config.host or any(c in config.host for c in "#* \t"):
         raise ConfigError(f"option host: {config.host!r} cannot be used in a routing key")
     # Exchange names, queue names and routing keys are AMQP short strings: at

@@ -134,8 +134,10 @@ class Consumer:
             self._waker.wake()
 
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
-        self._on_delivery(Delivery(body, bool(message.delivery_info.get("redelivered")), settle,
-                                   dict(message.headers or {})))
+        info = message.delivery_info
+        self._on_delivery(Delivery(body, bool(info.get("redelivered")), settle,
+                                   dict(message.headers or {}), str(info.get("exchange") or ""),
+                                   str(info.get("routing_key") or "")))
 
     def _settle_owed(self, conn: Any, batched: bool) -> None:
         """Carry out the settlements verb threads recorded, as one write where possible."""

@@ -19,3 +19,6 @@ class Delivery:
     #: Thread-safe: records the settlement; the consuming thread carries it out.
     settle: Settle
     headers: dict[str, Any] = field(default_factory=dict)
+    #: Where it was published: a signature covers these.
+    exchange: str = ""
+    routing_key: str = ""

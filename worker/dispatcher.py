@@ -107,9 +107,12 @@ class Dispatcher:
     def deliver(self, delivery: Delivery) -> None:
         """Accept one delivery: decode it and queue it behind its instance's earlier ones."""
         try:
-            if self._signing_key is not None:
-                self._check_signature(delivery)
+            signed = self._signing_key is not None and self._check_signature(delivery)
             req = envelope.decode_request(delivery.body, self.cfg.max_message_bytes)
+            if signed and req.unique_id is None:
+                # Without an id the journal cannot tell a replay from the original.
+                self.bad_signatures += 1
+                raise BadSignature("a signed message must carry _unique_id")
         except Exception as exc:  # a decoder bug must not stall the queue either
             if not isinstance(exc, BadMessage):
                 log.exception("decode_crashed")
@@ -140,11 +143,14 @@ class Dispatcher:
         self.executor.submit(key, self._guarded(
             req, delivery.settle, lambda: self._handle(req, delivery.settle)))
 
-    def _check_signature(self, delivery: Delivery) -> None:
+    def _check_signature(self, delivery: Delivery) -> bool:
+        """True when the delivery is signed (and the signature good); BadSignature if bad."""
         assert self._signing_key is not None
         try:
-            signing.verify(self._signing_key, delivery.body, delivery.headers.get(signing.HEADER),
-                           required=self.cfg.require_signature)
+            return signing.verify(self._signing_key, delivery.body, delivery.headers,
+                                  exchange=delivery.exchange, routing_key=delivery.routing_key,
+                                  max_age=self.cfg.signature_max_age,
+                                  required=self.cfg.require_signature)
         except BadSignature:
             self.bad_signatures += 1
             raise

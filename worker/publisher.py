@@ -248,7 +248,9 @@ class Publisher:
         return publish
 
     def _headers(self, out: Outgoing) -> dict[str, Any] | None:
-        return {signing.HEADER: signing.sign(self._key, out.body)} if self._key else None
+        if self._key is None:
+            return None
+        return signing.headers(self._key, out.exchange, out.routing_key, out.body)
 
     def _release_due(self, now: float, everything: bool = False) -> None:
         """Move held messages whose time has come into the queue (caller holds the lock)."""

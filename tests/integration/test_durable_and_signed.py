@@ -85,30 +85,102 @@ def key_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_signed_messages_only(make_config: Callable[..., Config], key_file: Path,
-                              domains: Callable[[int], list[str]]) -> None:
-    """With require_signature, unsigned and badly signed casts are rejected; signed ones run."""
+def _signed_cast(cfg: Config, key: bytes, args: dict[str, object], *, host: str | None = None,
+                 signed_for: str | None = None, unique_id: str | None = "new",
+                 age: float = 0.0) -> bytes:
+    """Publish a pause signed for signed_for's queue (default host's) to host's queue."""
+    message: dict[str, object] = {"method": "pause_instance", "args": args, "version": "1.0"}
+    if unique_id is not None:
+        message["_unique_id"] = uuid.uuid4().hex if unique_id == "new" else unique_id
+    body = envelope.wrap(message)
+    headers = signing.headers(key, cfg.control_exchange,
+                              f"{cfg.topic}.{signed_for or host or cfg.host}", body,
+                              now=time.time() - age)
+    with Connection(cfg.transport_url) as conn:
+        ex = Exchange(cfg.control_exchange, type="topic", durable=cfg.amqp_durable_queues)
+        Producer(conn.channel()).publish(
+            body, exchange=ex, routing_key=f"{cfg.topic}.{host or cfg.host}", headers=headers,
+            content_type="application/json", content_encoding="utf-8", delivery_mode=2)
+    return body
+
+
+def _reject_reasons(tap: EventTap, count: int) -> list[str]:
+    rejects = tap.wait_for(lambda evs: sum(
+        e["event_type"] == "rpc_message.reject.error" for e in evs) >= count)
+    return [e["payload"]["nova_object.data"]["fault"]["exception_message"] for e in rejects
+            if e["event_type"] == "rpc_message.reject.error"]
+
+
+@pytest.fixture
+def signed_worker(make_config: Callable[..., Config], key_file: Path
+                  ) -> Iterator[tuple[Config, bytes, EventTap, Service]]:
+    """A worker that requires signatures, its key and a tap on its events."""
     cfg = make_config(signing_key_file=str(key_file), require_signature=True)
-    key = signing.load_key(str(key_file))
     tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
     service = Service(cfg, retry_sleep=lambda _s: None)
     service.start()
-    try:
-        (uid,) = domains(1)
-        args = {"instance": {"uuid": uid}}
-        _cast(cfg, "pause_instance", args)
-        _cast(cfg, "pause_instance", args, headers={signing.HEADER: "00" * 32})
-        body = envelope.wrap({"method": "pause_instance", "args": args, "version": "1.0",
-                              "_unique_id": uuid.uuid4().hex})
-        _cast(cfg, "", {}, body=body, headers={signing.HEADER: signing.sign(key, body)})
-        tap.wait_type(uid, "instance.pause.end")
-        rejects = tap.wait_for(lambda evs: sum(
-            e["event_type"] == "rpc_message.reject.error" for e in evs) >= 2)
-        faults = [e["payload"]["nova_object.data"]["fault"]["exception"] for e in rejects
-                  if e["event_type"] == "rpc_message.reject.error"]
-        assert ["BadSignature", "BadSignature"] == faults
-        assert 2 == service.dispatcher.bad_signatures
-        assert 1 == len(tap.of(uid, "instance.pause.end"))
-    finally:
-        service.stop(grace=5)
-        tap.close()
+    yield cfg, signing.load_key(str(key_file)), tap, service
+    service.stop(grace=5)
+    tap.close()
+
+
+def test_signed_messages_only(signed_worker: tuple[Config, bytes, EventTap, Service],
+                              domains: Callable[[int], list[str]]) -> None:
+    """With require_signature, unsigned and badly signed casts are rejected; signed ones run."""
+    cfg, key, tap, service = signed_worker
+    (uid,) = domains(1)
+    args = {"instance": {"uuid": uid}}
+    _cast(cfg, "pause_instance", args)
+    _cast(cfg, "pause_instance", args, headers={signing.HEADER: "00" * 32,
+                                                 signing.TIME_HEADER: f"{time.time():.3f}"})
+    _signed_cast(cfg, key, args)
+    tap.wait_type(uid, "instance.pause.end")
+    reasons = _reject_reasons(tap, 2)
+    assert 2 == len(reasons) and 2 == service.dispatcher.bad_signatures
+    assert 1 == len(tap.of(uid, "instance.pause.end"))
+
+
+def test_captured_signed_messages_cannot_be_replayed(
+        signed_worker: tuple[Config, bytes, EventTap, Service],
+        domains: Callable[[int], list[str]]) -> None:
+    """Too old, meant for another host, or without _unique_id: refused; a fresh replay runs once."""
+    cfg, key, tap, service = signed_worker
+    (uid,) = domains(1)
+    args = {"instance": {"uuid": uid}}
+    _signed_cast(cfg, key, args, age=cfg.signature_max_age + 60)  # replayed after the window
+    _signed_cast(cfg, key, args, signed_for="another-host")
+    _signed_cast(cfg, key, args, unique_id=None)
+    reasons = _reject_reasons(tap, 3)
+    assert 3 == service.dispatcher.bad_signatures
+    assert [] == tap.of(uid, "instance.pause.end")
+    assert any("old" in r for r in reasons)
+    assert any("does not match" in r for r in reasons)
+    assert any("_unique_id" in r for r in reasons)
+
+    once = uuid.uuid4().hex
+    _signed_cast(cfg, key, args, unique_id=once)
+    _signed_cast(cfg, key, args, unique_id=once)  # captured and replayed within the window
+    tap.wait_type(uid, "instance.pause.end")
+    time.sleep(1.0)
+    ends = tap.of(uid, "instance.pause.end")
+    assert 1 == len({e["message_id"] for e in ends})  # a replayed answer, never a second run
+    assert 2 == service.dispatcher.completed
+
+
+def test_the_worker_signs_what_it_publishes(
+        signed_worker: tuple[Config, bytes, EventTap, Service],
+        domains: Callable[[int], list[str]]) -> None:
+    """Events carry a signature good for the exchange and routing key they were published to."""
+    cfg, key, _tap, _service = signed_worker
+    (uid,) = domains(1)
+    with Connection(cfg.transport_url) as conn:
+        queue = Queue(f"{cfg.notification_topic}.info", channel=conn.channel())
+        _signed_cast(cfg, key, {"instance": {"uuid": uid}})
+        deadline = time.monotonic() + 10
+        while (message := queue.get(no_ack=True)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert message is not None
+        body = message.body if isinstance(message.body, bytes) else message.body.encode()
+        assert signing.verify(key, body, message.headers, exchange=cfg.control_exchange,
+                              routing_key=f"{cfg.notification_topic}.info", max_age=60,
+                              required=True)
