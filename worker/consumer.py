@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from amqp.exceptions import AccessRefused
 from kombu import Consumer as KombuConsumer
 from kombu import Message
 
@@ -17,6 +18,7 @@ from worker.amqp_wire import FrameReader
 from worker.broker import Waker, open_connection, socket_of
 from worker.config import Config
 from worker.delivery import Delivery, Settlement
+from worker.errors import HostQueueTaken
 from worker.retry import reconnecting
 from worker.topology import declared_only, rpc_queues
 
@@ -39,6 +41,10 @@ class Consumer:
         self._waker = Waker()
         self.fanout_unique = uuid.uuid4().hex
         self.connected = threading.Event()
+        #: Set when the first connection found another worker on this host's queue.
+        self.refused: HostQueueTaken | None = None
+        self._ever_consumed = False
+        self._host_queue_name = ""
         self.received = 0
 
     def stop(self) -> None:
@@ -71,22 +77,46 @@ class Consumer:
         for extra in declared_only(self.cfg):
             extra(channel).declare()
         queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
+        self._host_queue_name = queues[0].name
         for q in queues:
             q.declare()
         # on_message gets the raw message: we decode it ourselves, so an
         # undecodable body is answered and rejected, not silently dropped.
         consumer = KombuConsumer(channel, queues, on_message=self._received, no_ack=False)
         self._generation += 1
+        consuming = not self._paused.is_set()
+        if consuming:
+            self._consume(consumer)
         self.connected.set()
         log.info("consumer_connected", url=conn.as_uri(), queues=[q.name for q in queues],
                  prefetch=self.cfg.prefetch_count)
         try:
-            self._loop(conn, consumer)
+            self._loop(conn, consumer, consuming)
         finally:
             self.connected.clear()
 
-    def _loop(self, conn: Any, consumer: KombuConsumer) -> None:
-        consuming = False
+    def _consume(self, consumer: KombuConsumer) -> None:
+        """Start consuming; HostQueueTaken when another worker holds this host's queue."""
+        try:
+            consumer.consume()
+        except AccessRefused as exc:
+            taken = HostQueueTaken(
+                f"another worker already consumes {self._host_queue_name} (host "
+                f"{self.cfg.host!r}): "
+                "give each worker its own host, or stop the other one")
+            if not self._ever_consumed:
+                # At start it is a mistake to report, not an outage to ride out.
+                self.refused = taken
+                self._stop.set()
+            else:
+                # After a reconnect the broker may still hold our own consumer
+                # from the dead connection until its heartbeat times out.
+                log.warning("host_queue_taken_retrying", reason=str(exc)[:200])
+            raise taken from None
+        self._ever_consumed = True
+        log.info("consuming")
+
+    def _loop(self, conn: Any, consumer: KombuConsumer, consuming: bool) -> None:
         sock = socket_of(conn)
         # Plain TCP: read in batches and write acks in batches (worker.amqp_wire).
         reader = FrameReader(conn.connection, sock) if sock is not None else None
@@ -97,8 +127,7 @@ class Consumer:
                 if reader is not None:
                     reader.release()  # py-amqp reads the consume-ok/cancel-ok itself
                 if wanted:
-                    consumer.consume()
-                    log.info("consuming")
+                    self._consume(consumer)
                 else:
                     consumer.cancel()
                     log.warning("consuming_paused")

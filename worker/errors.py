@@ -116,6 +116,12 @@ class OperationTimeout(WorkerError):
     """A verb did not reach its target state in time."""
 
 
+class HostQueueTaken(WorkerError):
+    """Another worker already consumes this host's queue (two workers with one host name)."""
+
+    expected = False
+
+
 class JournalUnavailable(WorkerError):
     """The journal cannot be written or read (disk full, read-only, I/O error)."""
 

@@ -158,11 +158,34 @@ class Service:
         self.publisher.start()
         for thread in self._threads:
             thread.start()
-        if not (self.publisher.wait_connected(timeout) and self.consumer.connected.wait(timeout)):
+        deadline = time.monotonic() + timeout
+        while not self.consumer.connected.wait(0.05) and time.monotonic() < deadline:
+            if self.consumer.refused is not None:
+                log.error("host_queue_taken", reason=self.consumer.refused.message)
+                self._abandon()
+                raise self.consumer.refused
+        if not (self.publisher.wait_connected(max(0.0, deadline - time.monotonic()))
+                and self.consumer.connected.is_set()):
             log.warning("broker_not_reached_yet", timeout=timeout)
         self.publish_service_status(up=True, disabled_reason=None)
         self.watch.start()
         log.info("worker_started", host=self.cfg.host)
+
+    def _abandon(self) -> None:
+        """Undo start() without a word on the wire: the host belongs to another worker.
+
+        A service.update from here would tell the world that the other
+        worker's host went down.
+        """
+        self._stopping.set()
+        self.consumer.stop()
+        self.publisher.stop(timeout=5)  # nothing was queued yet
+        for thread in self._threads:
+            thread.join(5)
+        self.executor.shutdown(wait=False)
+        self.journal.close()
+        self.hypervisor.close()
+        self.stopped.set()
 
     def publish_service_status(self, *, up: bool, disabled_reason: str | None) -> None:
         """Emit service.update: up or down, and why the host is disabled if it is."""

@@ -35,11 +35,28 @@ def rpc_queue_arguments(cfg: Config) -> dict[str, Any]:
     return args
 
 
+class ExclusiveQueue(Queue):  # type: ignore[misc]  # kombu is untyped here
+    """A queue consumed exclusively: the broker refuses a second consumer (403)."""
+
+    def consume(self, consumer_tag: str = "", callback: Any = None, no_ack: bool | None = None,
+                nowait: bool = False, on_cancel: Any = None) -> Any:
+        """kombu's Queue.consume, with basic.consume's exclusive bit set."""
+        return self.channel.basic_consume(
+            queue=self.name, no_ack=self.no_ack if no_ack is None else no_ack,
+            consumer_tag=consumer_tag or "", callback=callback, nowait=nowait,
+            arguments=self.consumer_arguments, on_cancel=on_cancel, exclusive=True)
+
+
 def host_queue(cfg: Config) -> Queue:
-    """``<topic>.<host>``: what a scheduler casts to for this host."""
+    """``<topic>.<host>``: what a scheduler casts to for this host; one worker consumes it.
+
+    Two workers given the same host would split its casts and break
+    per-instance order, so the consumer is exclusive: a second one is refused.
+    """
     name = f"{cfg.topic}.{cfg.host}"
-    return Queue(name, control_exchange(cfg), routing_key=name, durable=cfg.amqp_durable_queues,
-                 auto_delete=False, queue_arguments=rpc_queue_arguments(cfg) or None)
+    return ExclusiveQueue(name, control_exchange(cfg), routing_key=name,
+                          durable=cfg.amqp_durable_queues, auto_delete=False,
+                          queue_arguments=rpc_queue_arguments(cfg) or None)
 
 
 def shared_queue(cfg: Config) -> Queue:

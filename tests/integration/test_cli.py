@@ -78,6 +78,33 @@ def test_run_serves_calls_and_stops_cleanly_on_sigterm(
                for line in stderr.splitlines() if line.startswith("{"))
 
 
+def test_a_second_worker_for_the_same_host_fails_at_start_naming_the_host(
+        cfg: Config, tap: EventTap, config_file: Path, tmp_path: Path) -> None:
+    """Two workers with one --host would split its casts: the second exits 1 with one line."""
+    first = subprocess.Popen(CLI + ["run", "--config", str(config_file)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        tap.wait_for(lambda evs: any(e["event_type"] == "service.update" for e in evs))
+        second = _run(["run", "--config", str(config_file), "--state-dir",
+                       str(tmp_path / "second-state")], timeout=60)
+
+        assert 1 == second.returncode
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith("compute-worker: HostQueueTaken: another worker already consumes "
+                               f"{cfg.topic}.{cfg.host}"), second.stderr[-2000:]
+        assert "Traceback" not in second.stderr
+        # The first is untouched: it still serves, and nobody announced the host down.
+        cast = _run(["cast", cfg.host, "pause_instance", "--args",
+                     json.dumps({"instance": {"uuid": TEST_DOMAIN}}), *_client_flags(cfg)])
+        assert 0 == cast.returncode, cast.stderr
+        tap.wait_type(TEST_DOMAIN, "instance.pause.end")
+        assert [True] == [e["payload"]["nova_object.data"]["up"] for e in tap.events
+                          if e["event_type"] == "service.update"]
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+
+
 def test_events_command_prints_json_lines(cfg: Config, config_file: Path) -> None:
     """`compute-worker events` prints each event as one JSON line."""
     events = subprocess.Popen(CLI + ["events", "--timeout", "8", *_client_flags(cfg)],
