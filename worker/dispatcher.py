@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -20,6 +20,7 @@ from worker.errors import (
     BadSignature,
     HypervisorUnavailable,
     InvalidEnvelope,
+    JournalUnavailable,
     NoSuchMethod,
     UnsupportedVersion,
     WorkerError,
@@ -29,10 +30,11 @@ from worker.journal import Journal, Outgoing
 from worker.ordering import KeyedExecutor
 from worker.outbox import Confirms, Outbox
 from worker.paths import InstancePaths, canonical_uuid
-from worker.retry import libvirt_policy
+from worker.retry import journal_policy, libvirt_policy
 from worker.schemas import check_args
 
 log = logs.get(__name__)
+_T = TypeVar("_T")
 _unordered = itertools.count()
 # A verb's start event waits at most this long to leave with its end event.
 START_HOLD = 0.05
@@ -78,7 +80,9 @@ class Dispatcher:
                  executor: KeyedExecutor, paths: InstancePaths,
                  retry_sleep: Callable[[float], None] | None = None,
                  on_verb_end: Callable[[str, Any], None] | None = None,
-                 signing_key: bytes | None = None) -> None:
+                 signing_key: bytes | None = None,
+                 on_fault: Callable[[str, str | None], None] | None = None) -> None:
+        """on_fault(kind, reason or None): a fault the worker cannot ride through began or ended."""
         self.cfg = cfg
         self.hypervisor = hypervisor
         self.journal = journal
@@ -88,6 +92,7 @@ class Dispatcher:
         self._retry_sleep = retry_sleep
         self._on_verb_end = on_verb_end
         self._signing_key = signing_key
+        self._on_fault = on_fault
         self.bad_signatures = 0
         self._lock = threading.Lock()
         # unique_id -> settle functions of every delivery of that message now
@@ -197,7 +202,12 @@ class Dispatcher:
             # Stopping: a message that has not started goes back to the queue.
             self._settle(req, settle, "requeue")
             return
-        entry = self.journal.get(req.unique_id) if req.unique_id else None
+        uid = req.unique_id
+        try:
+            entry = self._journal_call(lambda: self.journal.get(uid)) if uid else None
+        except JournalUnavailable:
+            self._settle(req, settle, "requeue")  # stopping while the journal is unreadable
+            return
         if entry is not None:
             log.info("duplicate_skipped_already_completed")
             self._finish(req, settle, list(entry.outgoing))
@@ -208,19 +218,51 @@ class Dispatcher:
         except BadMessage as exc:
             self._reject(req, exc, [settle])
             return
-        outgoing = self._run(req, method, args)
-        if outgoing is None:
+        ran = self._run(req, method, args)
+        if ran is None:
             self._settle(req, settle, "requeue")
             return
-        if method.mutating and req.unique_id is not None:
+        outgoing, changed = ran
+        if method.mutating and changed and uid is not None:
             # Outbox: the completion and what it must publish are on disk before
             # publishing; a crash after this re-publishes the same events.
-            self.journal.record(req.unique_id, outgoing)
+            try:
+                self._journal_call(lambda: self.journal.record(uid, outgoing))
+            except JournalUnavailable:
+                # Stopping with the journal still unwritable: nothing is acked
+                # or published; the redelivery runs the (idempotent) verb again.
+                log.error("journal_unwritable_at_stop_message_requeued")
+                self._settle(req, settle, "requeue")
+                return
         self._finish(req, settle, outgoing)
 
+    def _journal_call(self, call: Callable[[], _T]) -> _T:
+        """call() on the journal, waiting out a journal that cannot be used (a full disk).
+
+        Meanwhile the worker takes no messages and says why (on_fault); this
+        message keeps its place in its instance's line and its events wait.
+        Raises JournalUnavailable only when stopping.
+        """
+        try:
+            return call()
+        except JournalUnavailable as exc:
+            reason = exc.message
+        log.error("journal_unusable_consuming_paused", reason=reason)
+        if self._on_fault is not None:
+            self._on_fault("journal", f"journal unusable: {reason}")
+        result = journal_policy(lambda: self.draining)(call)
+        log.info("journal_usable_again")
+        if self._on_fault is not None:
+            self._on_fault("journal", None)
+        return result
+
     def _run(self, req: envelope.Request, method: Method,
-             args: dict[str, Any]) -> list[Outgoing] | None:
-        """Run the handler; the answers to publish, or None to requeue (libvirt away)."""
+             args: dict[str, Any]) -> tuple[list[Outgoing], bool] | None:
+        """Run the handler: the answers to publish and whether it may have changed anything.
+
+        None to requeue (libvirt away at a stop). A verb that failed saying it
+        changed nothing (instance missing, wrong state) need not fill the journal.
+        """
         ctx = Context(self.hypervisor, self.cfg, self.paths, req.request_id)
         held = None
         if method.action:
@@ -229,6 +271,7 @@ class Dispatcher:
                 START_HOLD)
         result: Any = None
         answers: list[Outgoing] | None
+        changed = True
         try:
             try:
                 result = method.handler(ctx, args)
@@ -256,13 +299,14 @@ class Dispatcher:
             else:
                 log.exception("verb_crashed")
             answers = self._answers(req, method, error=exc)
+            changed = not (isinstance(exc, WorkerError) and exc.changes_nothing)
         if held is not None:
             # Queued now, without a wake-up: the end event sent next carries it
             # along, so a quick verb's two events leave in one write.
             self.outbox.release(held)
         if self._on_verb_end is not None and method.action and req.instance_uuid:
             self._on_verb_end(req.instance_uuid.lower(), result)
-        return answers
+        return None if answers is None else (answers, changed)
 
     def _peek(self, req: envelope.Request, ctx: Context | None = None) -> dict[str, Any]:
         """The instance as it is now, for a start or error event; best effort.

@@ -12,6 +12,8 @@ class WorkerError(Exception):
     expected = True
     #: The module name put in a wire ``failure``; oslo clients read it.
     wire_module = "worker.errors"
+    #: Raised before anything changed: the message need not be journaled.
+    changes_nothing = False
 
     def __init__(self, message: str = "", **kwargs: Any) -> None:
         super().__init__(message)
@@ -75,6 +77,8 @@ class UnsupportedVersion(BadMessage):
 class InstanceNotFound(WorkerError):
     """No domain with that UUID exists on this host."""
 
+    changes_nothing = True
+
     def __init__(self, uuid: str) -> None:
         super().__init__(uuid)
         self.uuid = uuid
@@ -82,6 +86,8 @@ class InstanceNotFound(WorkerError):
 
 class InstanceInvalidState(WorkerError):
     """The domain's state does not allow the verb."""
+
+    changes_nothing = True
 
 
 class InstanceExists(WorkerError):

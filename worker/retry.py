@@ -10,7 +10,7 @@ from typing import Any
 import tenacity
 
 from worker import logs
-from worker.errors import HypervisorUnavailable
+from worker.errors import HypervisorUnavailable, JournalUnavailable
 
 log = logs.get(__name__)
 Sleep = Callable[[float], None]
@@ -37,6 +37,23 @@ def libvirt_policy(stopping: Callable[[], bool], max_wait: float = 10.0,
         wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=max_wait, jitter=0.5),
         stop=lambda _state: stopping(),
         before_sleep=_log_before_sleep("libvirt_retry"),
+        sleep=sleep,
+        reraise=True,
+    )
+
+
+def journal_policy(stopping: Callable[[], bool], sleep: Sleep = time.sleep) -> tenacity.Retrying:
+    """Retry a journal read or write until it works (the disk has room again) or stopping().
+
+    Like a verb waiting for libvirt, it never gives up on its own: a
+    completion that is not on disk must not be acked, and its place in the
+    instance's line is kept. Capped at 5 s: the host takes no work meanwhile.
+    """
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(JournalUnavailable),
+        wait=tenacity.wait_exponential_jitter(initial=0.2, max=5, jitter=0.5),
+        stop=lambda _state: stopping(),
+        before_sleep=_log_before_sleep("journal_retry"),
         sleep=sleep,
         reraise=True,
     )

@@ -43,7 +43,8 @@ class Service:
                                 debounce=debounce, sync_interval=sync_interval)
         self.dispatcher = Dispatcher(cfg, self.hypervisor, self.journal, self.publisher,
                                      self.executor, self.paths, retry_sleep=retry_sleep,
-                                     on_verb_end=self._verb_ended, signing_key=key)
+                                     on_verb_end=self._verb_ended, signing_key=key,
+                                     on_fault=self.fault)
         self.consumer = Consumer(cfg, self.dispatcher.deliver,
                                  busy=lambda: self.executor.pending > 0)
         self._threads = [

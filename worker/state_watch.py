@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import threading
@@ -68,11 +69,21 @@ class StateWatch:
         return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def _save(self) -> None:
+        """Keep the known states for the next start; a full or read-only disk only costs that.
+
+        They are a cache: without them the first sync after a restart reports
+        what changed while the worker was down as changes, nothing worse.
+        """
         tmp = self._path.with_suffix(".tmp")
         with self._lock:
             text = json.dumps(self._known)
-        tmp.write_text(text)
-        tmp.replace(self._path)
+        try:
+            tmp.write_text(text)
+            tmp.replace(self._path)
+        except OSError as exc:
+            log.warning("power_states_not_saved", path=str(self._path), error=str(exc)[:200])
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     # --- fed from other threads ---------------------------------------------------
 
@@ -140,6 +151,8 @@ class StateWatch:
             except WorkerError as exc:
                 # libvirt is away; the service's guard reconnects and asks for a sync.
                 log.warning("state_watch_paused", error=exc.message)
+            except Exception:  # a bug here must not end the watch for good
+                log.exception("state_watch_crashed_continuing")
 
     def _check(self, uuid: str, cause: str) -> None:
         if self._busy(uuid):
