@@ -222,7 +222,7 @@ class Dispatcher:
         if ran is None:
             self._settle(req, settle, "requeue")
             return
-        outgoing, changed = ran
+        outgoing, changed, failed = ran
         if method.mutating and changed and uid is not None:
             # Outbox: the completion and what it must publish are on disk before
             # publishing; a crash after this re-publishes the same events.
@@ -234,6 +234,11 @@ class Dispatcher:
                 log.error("journal_unwritable_at_stop_message_requeued")
                 self._settle(req, settle, "requeue")
                 return
+        # Logged once recorded: a kill before this line leaves the verb to run
+        # again (idempotently), and the log never claims a completion the
+        # journal would not know after a restart.
+        if not failed:
+            log.info("verb_completed", action=method.action)
         self._finish(req, settle, outgoing)
 
     def _journal_call(self, call: Callable[[], _T]) -> _T:
@@ -257,8 +262,8 @@ class Dispatcher:
         return result
 
     def _run(self, req: envelope.Request, method: Method,
-             args: dict[str, Any]) -> tuple[list[Outgoing], bool] | None:
-        """Run the handler: the answers to publish and whether it may have changed anything.
+             args: dict[str, Any]) -> tuple[list[Outgoing], bool, bool] | None:
+        """Run the handler: the answers, whether it may have changed anything, whether it failed.
 
         None to requeue (libvirt away at a stop). A verb that failed saying it
         changed nothing (instance missing, wrong state) need not fill the journal.
@@ -271,7 +276,7 @@ class Dispatcher:
                 START_HOLD)
         result: Any = None
         answers: list[Outgoing] | None
-        changed = True
+        changed, failed = True, False
         try:
             try:
                 result = method.handler(ctx, args)
@@ -287,8 +292,6 @@ class Dispatcher:
                 # the connection that broke, and would fail the same way again.
                 result = policy(lambda: method.handler(
                     Context(self.hypervisor, self.cfg, self.paths, req.request_id), args))
-            log.info("verb_completed", action=method.action,
-                     power_state=result.get("power_state") if isinstance(result, dict) else None)
             answers = self._answers(req, method, result=result)
         except HypervisorUnavailable as exc:
             log.error("libvirt_unavailable_at_stop_message_requeued", error=exc.message)
@@ -300,13 +303,14 @@ class Dispatcher:
                 log.exception("verb_crashed")
             answers = self._answers(req, method, error=exc)
             changed = not (isinstance(exc, WorkerError) and exc.changes_nothing)
+            failed = True
         if held is not None:
             # Queued now, without a wake-up: the end event sent next carries it
             # along, so a quick verb's two events leave in one write.
             self.outbox.release(held)
         if self._on_verb_end is not None and method.action and req.instance_uuid:
             self._on_verb_end(req.instance_uuid.lower(), result)
-        return None if answers is None else (answers, changed)
+        return None if answers is None else (answers, changed, failed)
 
     def _peek(self, req: envelope.Request, ctx: Context | None = None) -> dict[str, Any]:
         """The instance as it is now, for a start or error event; best effort.
