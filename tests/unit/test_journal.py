@@ -115,6 +115,18 @@ def test_record_is_on_disk_before_close(open_journal: OpenJournal) -> None:
     assert REPLY == open_journal().get("written").outgoing[0]  # type: ignore[union-attr]
 
 
+def test_recording_an_id_again_replaces_it(open_journal: OpenJournal, clock: Clock) -> None:
+    """An id recorded twice keeps the later entry, once."""
+    j = open_journal()
+    j.record("twice", [EVENT])
+    clock.now += 1
+
+    later = j.record("twice", [REPLY])
+
+    assert later == j.get("twice")
+    assert 1 == len(j)
+
+
 def test_missing_state_dir_is_created(tmp_path: Path) -> None:
     """Opening a journal in a state dir that does not exist yet creates it."""
     state = tmp_path / "a" / "b"
@@ -162,6 +174,19 @@ def test_count_bound_is_kept_in_batches_not_on_every_write(open_journal: OpenJou
     assert [f"id{i}" for i in range(every - 10, every - 1)] == known(
         j, [f"id{i}" for i in range(every - 1)])
     assert j.get("last") is not None
+
+
+def test_ids_recorded_again_do_not_count_twice(open_journal: OpenJournal,
+                                               clock: Clock) -> None:
+    """The count bound counts entries, not writes: re-recording ids never trims others."""
+    j = open_journal(max_entries=10)
+    ids = [f"id{i}" for i in range(10)]
+    for number in range(journal_mod.TRIM_EVERY):
+        j.record(ids[number % 10], [])
+        clock.now += 0.001
+
+    assert ids == known(j, ids)
+    assert 10 == len(j)
 
 
 def test_age_bound_drops_old_entries_at_open(open_journal: OpenJournal, clock: Clock) -> None:
