@@ -29,6 +29,7 @@ FULL: dict[str, list[str]] = {
     "build": [],
     "footprint": [],
     "fleet": [],
+    "journal": [],
 }
 #: bench module -> arguments of the --quick smoke run.
 QUICK: dict[str, list[str]] = {
@@ -39,6 +40,7 @@ QUICK: dict[str, list[str]] = {
     "footprint": ["--domains", "100", "--idle-seconds", "2"],
     "fleet": ["--sizes", "1,5", "--casts", "300", "--latency-casts", "100", "--fanouts", "2",
               "--idle-seconds", "1"],
+    "journal": ["--entries", "5000"],
 }
 
 
