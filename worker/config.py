@@ -99,6 +99,9 @@ class Config:
     )
     journal_max_entries: int = _opt(100000, "completed message ids kept", minimum=10)
     journal_max_age: float = _opt(7 * 86400.0, "seconds a completed id is kept", minimum=60)
+    journal_fsync: bool = _opt(
+        False, "journal survives power loss too (SQLite synchronous=FULL), not only a kill"
+    )
     libvirt_retry_seconds: float = _opt(
         10.0, "longest wait between retries of a verb waiting for libvirt", minimum=0.1
     )

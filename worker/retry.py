@@ -51,7 +51,7 @@ def journal_policy(stopping: Callable[[], bool], sleep: Sleep = time.sleep) -> t
     """
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(JournalUnavailable),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=5, jitter=0.5),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.5),
         stop=lambda _state: stopping(),
         before_sleep=_log_before_sleep("journal_retry"),
         sleep=sleep,

@@ -34,8 +34,12 @@ class Service:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.hypervisor = Hypervisor(cfg.libvirt_uri, on_close=self._libvirt_lost,
                                      on_lifecycle=self._lifecycle)
+        # A signed message may be replayed within signature_max_age: its id
+        # must still be known then, however many others came since.
         self.journal = Journal(cfg.state_dir, max_entries=cfg.journal_max_entries,
-                               max_age=cfg.journal_max_age)
+                               max_age=cfg.journal_max_age, fsync=cfg.journal_fsync,
+                               keep_younger_than=cfg.signature_max_age
+                               if cfg.signing_key_file else 0.0)
         key = signing.load_key(cfg.signing_key_file) if cfg.signing_key_file else None
         self.publisher = Publisher(cfg, signing_key=key)
         self.executor = KeyedExecutor(cfg.max_concurrent_ops)

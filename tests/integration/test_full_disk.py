@@ -1,0 +1,119 @@
+"""A state directory that fills up mid-run: the worker stops taking work, loses nothing, resumes."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from tests.helpers import EventTap, check_event
+from worker.client import RpcClient
+from worker.config import Config
+from worker.service import Service
+
+pytestmark = pytest.mark.integration
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of size mounted at path (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the README's test command runs as root)")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write zeros to disk until it is full; the file to delete to free it again."""
+    filler = disk / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(chunk)
+        except OSError as exc:
+            assert errno.ENOSPC == exc.errno, exc
+        with contextlib.suppress(OSError):
+            while True:  # the last few blocks, a byte at a time
+                handle.write(b"\0" * 512)
+    return filler
+
+
+def _disabled(event: dict[str, object]) -> object:
+    data = event["payload"]["nova_object.data"]  # type: ignore[index]
+    return data["disabled_reason"] if data["disabled"] else None  # type: ignore[index]
+
+
+def test_a_full_state_dir_pauses_the_worker_and_every_cast_still_ends_once(
+        make_config: Callable[..., Config], domains: Callable[[int], list[str]],
+        tmp_path: Path) -> None:
+    """Casts during a full journal disk wait (none lost, none twice); the host says it is disabled.
+
+    Given a worker whose state directory is a 4 MiB tmpfs, when the disk fills while casts
+    arrive and is freed later, then every cast gets exactly one end event, a service.update
+    said the journal was unusable and a later one that it is enabled again, and the state watch
+    is still alive.
+    """
+    with small_disk(tmp_path / "state") as state:
+        cfg = make_config(state_dir=str(state))
+        tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+        service = Service(cfg, retry_sleep=lambda _s: None, sync_interval=0.5)
+        service.start()
+        try:
+            uids = domains(4)
+            sent: list[str] = []
+            with Connection(cfg.transport_url) as conn:
+                rpc = RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic)
+
+                def cast(count: int) -> None:
+                    """Pause all four, unpause all four, and so on."""
+                    for _ in range(count):
+                        uid = uids[len(sent) % len(uids)]
+                        method = ("pause_instance", "unpause_instance")[(len(sent) // 4) % 2]
+                        msg = rpc.cast(cfg.host, method, {"instance": {"uuid": uid}})
+                        sent.append(msg["_unique_id"])
+
+                cast(8)
+                tap.wait_for(lambda evs: sum(e["event_type"].endswith(".end")
+                                             for e in evs) >= 8)
+                filler = fill(state)
+                cast(40)
+                tap.wait_for(lambda evs: any(e["event_type"] == "service.update"
+                                             and "journal" in str(_disabled(e))
+                                             for e in evs), timeout=20)
+                time.sleep(1.5)  # sync_interval: the state watch tries to save meanwhile
+                ended_while_full = sum(e["event_type"].endswith(".end") for e in tap.events)
+                assert service.faults.keys() == {"journal"}
+                filler.unlink()
+                events = tap.wait_for(lambda evs: sum(e["event_type"].endswith(".end")
+                                                      for e in evs) >= len(sent), timeout=60)
+            time.sleep(0.5)
+            ends = Counter(e["message_id"] for e in tap.events
+                           if e["event_type"].endswith(".end"))
+            errors = [e for e in tap.events if e["event_type"].endswith(".error")]
+            statuses = [_disabled(e) for e in events if e["event_type"] == "service.update"]
+
+            assert ([], len(sent)) == (errors, len(ends))
+            assert {1} == set(ends.values()), "an end event was published twice"
+            assert ended_while_full < len(sent)
+            assert None is statuses[-1] and service.faults == {}
+            assert service.watch._thread.is_alive()
+            assert len(sent) == service.dispatcher.completed
+            for event in tap.events:
+                check_event(event)
+        finally:
+            service.stop(grace=10)
+            tap.close()
