@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import libvirt
+import pytest
 from kombu import Connection, Consumer, Exchange, Message, Queue
 
 from worker import envelope, schemas
@@ -155,3 +161,33 @@ def domain_state(uri: str, uid: str) -> tuple[int, int] | None:
 def dumps(obj: Any) -> str:
     """Compact JSON."""
     return json.dumps(obj, separators=(",", ":"))
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of size mounted at path (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the README's test command runs as root)")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write zeros to disk until it is full; the file to delete to free it again."""
+    filler = disk / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(chunk)
+        except OSError as exc:
+            assert errno.ENOSPC == exc.errno, exc
+        with contextlib.suppress(OSError):
+            while True:  # the last few blocks, a byte at a time
+                handle.write(b"\0" * 512)
+    return filler
