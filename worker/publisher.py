@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,29 +60,47 @@ class _Watch:
     due: float = field(default=0.0)
 
 
+def _complete(future: Future[None], error: str | None) -> None:
+    """Resolve a publish's future, unless it already is (a repeat must not raise in the reader)."""
+    try:
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(PublishError(error))
+    except InvalidStateError:
+        pass
+
+
 class _Unconfirmed:
-    """Published, not yet acked: delivery tag -> (item, when published)."""
+    """One connection's publishes not yet acked: delivery tag -> (item, when published)."""
 
     def __init__(self) -> None:
         self.items: dict[int, tuple[Item, float]] = {}
         self.next_tag = 1
+        self._closed = False
 
     def add(self, item: Item) -> None:
         self.items[self.next_tag] = (item, time.monotonic())
         self.next_tag += 1
 
     def settle(self, tag: int, multiple: bool, error: str | None) -> None:
+        if self._closed:
+            # A late ack of a connection given up (py-amqp reads while releasing
+            # it): its items are queued again, their futures are the next one's.
+            return
         # Tags are keys in publish order, so "all up to tag" is a prefix.
         tags = list(itertools.takewhile(lambda t: t <= tag, self.items)) if multiple else [tag]
         for t in tags:
             entry = self.items.pop(t, None)
-            if entry is None:
-                continue
-            future = entry[0][1]
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(PublishError(error))
+            if entry is not None:
+                _complete(entry[0][1], error)
+
+    def take_all(self) -> list[Item]:
+        """Close the table: its items in publish order; nothing settles here any more."""
+        self._closed = True
+        items = [item for item, _ in self.items.values()]
+        self.items.clear()
+        return items
 
     def oldest(self) -> float | None:
         # One connection's items, added in publish order: the first is the oldest.
@@ -209,9 +227,10 @@ class Publisher:
         try:
             self._pump(conn, publish, unconfirmed if confirms else None)
         except BaseException:
-            # Not confirmed on this connection: first in line on the next one.
+            # Not confirmed on this connection: first in line on the next one,
+            # and out of this one's table, so a late ack cannot complete them too.
             with self._lock:
-                self._queue.extendleft(reversed([i for i, _ in unconfirmed.items.values()]))
+                self._queue.extendleft(reversed(unconfirmed.take_all()))
             raise
 
     def _frame_publisher(self, connection: Any, channel_id: int) -> Publish:
@@ -255,6 +274,8 @@ class Publisher:
         with self._lock:
             self._release_due(time.monotonic(), everything=self._stopping)
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            # Done already (confirmed before a reconnect put it back): never published again.
+            batch = [item for item in batch if not item[1].done()]
             for watch in self._due_watches():
                 body = envelope.reply(watch.msg_id, ending=False)
                 # Nobody waits for a heartbeat's confirm, but it takes a delivery tag.
@@ -285,7 +306,7 @@ class Publisher:
                     if unconfirmed is not None:
                         unconfirmed.add(item)
                     else:
-                        item[1].set_result(None)
+                        _complete(item[1], None)
             if unconfirmed is not None and unconfirmed.items:
                 # Acks that came back while we were writing.
                 if reader is not None:
