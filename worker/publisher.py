@@ -4,17 +4,21 @@ Confirms are pipelined: the thread publishes whatever is queued, then reads
 the broker's acks (which may cover many messages at once) instead of waiting
 for each message in turn. A message's future resolves only on its ack; what is
 unconfirmed when the connection drops is published again on the next one.
+
+While the broker blocks the connection (RabbitMQ's connection.blocked, sent
+when a resource alarm stops it taking publishes) the thread writes no
+publishes: they wait in the queue, in order, and the time does not count
+against the confirm timeout. It keeps reading, so it sees the unblock.
 """
 
 from __future__ import annotations
 
-import itertools
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +28,15 @@ from worker import amqp_wire, envelope, logs, signing
 from worker.amqp_wire import FrameReader
 from worker.broker import Waker, drain_ready, open_connection, socket_of
 from worker.config import Config
-from worker.errors import PublishError
+from worker.confirms import Block, Item, Unconfirmed, complete
 from worker.journal import Outgoing
 from worker.retry import reconnecting
 from worker.topology import control_exchange, notification_queues
 
 log = logs.get(__name__)
-Item = tuple[Outgoing, "Future[None]"]
 Publish = Callable[[list[Item]], None]
+#: Told the broker's reason when it blocks publishing, None when it unblocks.
+OnBlocked = Callable[[str | None], None]
 # Publish at most this many before reading acks, so acks never pile up unread.
 BATCH = 256
 # While messages are being held (a verb ran in the last RECENT seconds), the
@@ -60,61 +65,16 @@ class _Watch:
     due: float = field(default=0.0)
 
 
-def _complete(future: Future[None], error: str | None) -> None:
-    """Resolve a publish's future, unless it already is (a repeat must not raise in the reader)."""
-    try:
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(PublishError(error))
-    except InvalidStateError:
-        pass
-
-
-class _Unconfirmed:
-    """One connection's publishes not yet acked: delivery tag -> (item, when published)."""
-
-    def __init__(self) -> None:
-        self.items: dict[int, tuple[Item, float]] = {}
-        self.next_tag = 1
-        self._closed = False
-
-    def add(self, item: Item) -> None:
-        self.items[self.next_tag] = (item, time.monotonic())
-        self.next_tag += 1
-
-    def settle(self, tag: int, multiple: bool, error: str | None) -> None:
-        if self._closed:
-            # A late ack of a connection given up (py-amqp reads while releasing
-            # it): its items are queued again, their futures are the next one's.
-            return
-        # Tags are keys in publish order, so "all up to tag" is a prefix.
-        tags = list(itertools.takewhile(lambda t: t <= tag, self.items)) if multiple else [tag]
-        for t in tags:
-            entry = self.items.pop(t, None)
-            if entry is not None:
-                _complete(entry[0][1], error)
-
-    def take_all(self) -> list[Item]:
-        """Close the table: its items in publish order; nothing settles here any more."""
-        self._closed = True
-        items = [item for item, _ in self.items.values()]
-        self.items.clear()
-        return items
-
-    def oldest(self) -> float | None:
-        # One connection's items, added in publish order: the first is the oldest.
-        for _, at in self.items.values():
-            return at
-        return None
-
-
 class Publisher:
     """Publishes with pipelined confirms on its own connection and thread."""
 
-    def __init__(self, cfg: Config, signing_key: bytes | None = None) -> None:
+    def __init__(self, cfg: Config, signing_key: bytes | None = None,
+                 on_blocked: OnBlocked | None = None) -> None:
+        """on_blocked is called on the publishing thread and must not block."""
         self.cfg = cfg
         self._key = signing_key
+        self._on_blocked = on_blocked
+        self._block = Block()
         self._queue: deque[Item] = deque()
         self._lock = threading.Lock()
         self._waker = Waker()
@@ -198,20 +158,43 @@ class Publisher:
 
     def _run(self) -> None:
         try:
-            reconnecting(lambda: open_connection(self.cfg), self._serve, name="publisher",
+            reconnecting(self._connect, self._serve, name="publisher",
                          stopping=lambda: self._stopping and not self._queue and not self._held)
         finally:
             self._waker.close()
 
 
+    def _connect(self) -> Connection:
+        return open_connection(self.cfg, on_blocked=self._blocked, on_unblocked=self._unblocked)
+
+    def _blocked(self, reason: str) -> None:
+        # From py-amqp, on this thread, while it reads a frame (never under self._lock).
+        if self._block.begin(reason):
+            self._tell(reason)
+
+    def _unblocked(self) -> None:
+        if self._block.end():
+            self._tell(None)
+
+    def _tell(self, reason: str | None) -> None:
+        if self._on_blocked is None:
+            return
+        try:
+            self._on_blocked(reason)
+        except Exception:  # a bug there must not cost this connection
+            log.exception("broker_blocked_callback_crashed")
+
     def _serve(self, conn: Connection) -> None:
         """One connection's life; reconnecting() opens and closes the connection."""
+        # A block is the last connection's (kept while it was being released);
+        # the broker blocks this one only when it publishes under an alarm.
+        self._unblocked()
         channel = conn.channel()
         control_exchange(self.cfg)(channel).declare()
         for queue in notification_queues(self.cfg):
             queue(channel).declare()
         confirms = conn.transport.driver_type == "amqp"
-        unconfirmed = _Unconfirmed()
+        unconfirmed = Unconfirmed()
         if confirms:
             channel.confirm_select()
             channel.events["basic_ack"].add(
@@ -273,6 +256,8 @@ class Publisher:
     def _take(self) -> list[Item]:
         with self._lock:
             self._release_due(time.monotonic(), everything=self._stopping)
+            if self._block.reason is not None:
+                return []  # the broker reads nothing now: keep it all queued, in order
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             # Done already (confirmed before a reconnect put it back): never published again.
             batch = [item for item in batch if not item[1].done()]
@@ -283,7 +268,7 @@ class Publisher:
         return batch
 
     def _pump(self, conn: Connection, publish: Publish,
-              unconfirmed: _Unconfirmed | None) -> None:
+              unconfirmed: Unconfirmed | None) -> None:
         sock = socket_of(conn)
         reader = None
         if sock is not None:
@@ -302,11 +287,12 @@ class Publisher:
                         self._queue.extendleft(reversed(batch))
                     raise
                 self.published += len(batch)
+                at = self._block.clock()
                 for item in batch:
                     if unconfirmed is not None:
-                        unconfirmed.add(item)
+                        unconfirmed.add(item, at)
                     else:
-                        _complete(item[1], None)
+                        complete(item[1], None)
             if unconfirmed is not None and unconfirmed.items:
                 # Acks that came back while we were writing.
                 if reader is not None:
@@ -318,7 +304,8 @@ class Publisher:
                 if (idle and self._stopping and not self._held
                         and not (unconfirmed and unconfirmed.items)):
                     return
-                wait = self._idle_wait() if idle else 0.0
+                # Blocked: nothing to write, so wait for the broker (its unblock) too.
+                wait = self._idle_wait() if idle or self._block.reason is not None else 0.0
                 self._sleeping_until = time.monotonic() + wait if wait > 0 else 0.0
             if wait > 0:
                 try:
@@ -331,7 +318,8 @@ class Publisher:
                 next_heartbeat = time.monotonic() + 1.0
             if unconfirmed is not None:
                 oldest = unconfirmed.oldest()
-                if oldest is not None and time.monotonic() - oldest > self.cfg.confirm_timeout:
+                if (oldest is not None
+                        and self._block.clock() - oldest > self.cfg.confirm_timeout):
                     raise ConnectionError(f"no confirm within {self.cfg.confirm_timeout}s")
 
     def _wait(self, conn: Connection, reader: FrameReader | None, sock: socket.socket | None,
