@@ -4,11 +4,15 @@ Confirms are pipelined: the thread publishes whatever is queued, then reads
 the broker's acks (which may cover many messages at once) instead of waiting
 for each message in turn. A message's future resolves only on its ack; what is
 unconfirmed when the connection drops is published again on the next one.
+
+While the broker blocks the connection (RabbitMQ's connection.blocked, sent
+when a resource alarm stops it taking publishes) the thread writes no
+publishes: they wait in the queue, in order, and the time does not count
+against the confirm timeout. It keeps reading, so it sees the unblock.
 """
 
 from __future__ import annotations
 
-import itertools
 import socket
 import threading
 import time
@@ -24,14 +28,15 @@ from worker import amqp_wire, envelope, logs, signing
 from worker.amqp_wire import FrameReader
 from worker.broker import Waker, drain_ready, open_connection, socket_of
 from worker.config import Config
-from worker.errors import PublishError
+from worker.confirms import Block, Item, Unconfirmed, complete
 from worker.journal import Outgoing
 from worker.retry import reconnecting
 from worker.topology import control_exchange, notification_queues
 
 log = logs.get(__name__)
-Item = tuple[Outgoing, "Future[None]"]
 Publish = Callable[[list[Item]], None]
+#: Told the broker's reason when it blocks publishing, None when it unblocks.
+OnBlocked = Callable[[str | None], None]
 # Publish at most this many before reading acks, so acks never pile up unread.
 BATCH = 256
 # While messages are being held (a verb ran in the last RECENT seconds), the
@@ -66,43 +71,16 @@ class _Watch:
     due: float = field(default=0.0)
 
 
-class _Unconfirmed:
-    """Published, not yet acked: delivery tag -> (item, when published)."""
-
-    def __init__(self) -> None:
-        self.items: dict[int, tuple[Item, float]] = {}
-        self.next_tag = 1
-
-    def add(self, item: Item) -> None:
-        self.items[self.next_tag] = (item, time.monotonic())
-        self.next_tag += 1
-
-    def settle(self, tag: int, multiple: bool, error: str | None) -> None:
-        # Tags are keys in publish order, so "all up to tag" is a prefix.
-        tags = list(itertools.takewhile(lambda t: t <= tag, self.items)) if multiple else [tag]
-        for t in tags:
-            entry = self.items.pop(t, None)
-            if entry is None:
-                continue
-            future = entry[0][1]
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(PublishError(error))
-
-    def oldest(self) -> float | None:
-        # One connection's items, added in publish order: the first is the oldest.
-        for _, at in self.items.values():
-            return at
-        return None
-
-
 class Publisher:
     """Publishes with pipelined confirms on its own connection and thread."""
 
-    def __init__(self, cfg: Config, signing_key: bytes | None = None) -> None:
+    def __init__(self, cfg: Config, signing_key: bytes | None = None,
+                 on_blocked: OnBlocked | None = None) -> None:
+        """on_blocked is called on the publishing thread and must not block."""
         self.cfg = cfg
         self._key = signing_key
+        self._on_blocked = on_blocked
+        self._block = Block()
         self._queue: deque[Item] = deque()
         self._lock = threading.Lock()
         self._waker = Waker()
@@ -188,20 +166,43 @@ class Publisher:
 
     def _run(self) -> None:
         try:
-            reconnecting(lambda: open_connection(self.cfg), self._serve, name="publisher",
+            reconnecting(self._connect, self._serve, name="publisher",
                          stopping=lambda: self._stopping and not self._queue and not self._held)
         finally:
             self._waker.close()
 
 
+    def _connect(self) -> Connection:
+        return open_connection(self.cfg, on_blocked=self._blocked, on_unblocked=self._unblocked)
+
+    def _blocked(self, reason: str) -> None:
+        # From py-amqp, on this thread, while it reads a frame (never under self._lock).
+        if self._block.begin(reason):
+            self._tell(reason)
+
+    def _unblocked(self) -> None:
+        if self._block.end():
+            self._tell(None)
+
+    def _tell(self, reason: str | None) -> None:
+        if self._on_blocked is None:
+            return
+        try:
+            self._on_blocked(reason)
+        except Exception:  # a bug there must not cost this connection
+            log.exception("broker_blocked_callback_crashed")
+
     def _serve(self, conn: Connection) -> None:
         """One connection's life; reconnecting() opens and closes the connection."""
+        # A block is the last connection's (kept while it was being released);
+        # the broker blocks this one only when it publishes under an alarm.
+        self._unblocked()
         channel = conn.channel()
         control_exchange(self.cfg)(channel).declare()
         for queue in notification_queues(self.cfg):
             queue(channel).declare()
         confirms = conn.transport.driver_type == "amqp"
-        unconfirmed = _Unconfirmed()
+        unconfirmed = Unconfirmed()
         if confirms:
             channel.confirm_select()
             channel.events["basic_ack"].add(
@@ -217,9 +218,10 @@ class Publisher:
         try:
             self._pump(conn, publish, unconfirmed if confirms else None)
         except BaseException:
-            # Not confirmed on this connection: first in line on the next one.
+            # Not confirmed on this connection: first in line on the next one,
+            # and out of this one's table, so a late ack cannot complete them too.
             with self._lock:
-                self._queue.extendleft(reversed([i for i, _ in unconfirmed.items.values()]))
+                self._queue.extendleft(reversed(unconfirmed.take_all()))
             raise
 
     def _frame_publisher(self, connection: Any, channel_id: int) -> Publish:
@@ -264,7 +266,11 @@ class Publisher:
     def _take(self) -> list[Item]:
         with self._lock:
             self._release_due(time.monotonic(), everything=self._stopping)
+            if self._block.reason is not None:
+                return []  # the broker reads nothing now: keep it all queued, in order
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            # Done already (confirmed before a reconnect put it back): never published again.
+            batch = [item for item in batch if not item[1].done()]
             for watch in self._due_watches():
                 body = envelope.reply(watch.msg_id, ending=False)
                 # Nobody waits for a heartbeat's confirm, but it takes a delivery tag.
@@ -272,7 +278,7 @@ class Publisher:
         return batch
 
     def _pump(self, conn: Connection, publish: Publish,
-              unconfirmed: _Unconfirmed | None) -> None:
+              unconfirmed: Unconfirmed | None) -> None:
         sock = socket_of(conn)
         reader = None
         if sock is not None:
@@ -291,11 +297,12 @@ class Publisher:
                         self._queue.extendleft(reversed(batch))
                     raise
                 self.published += len(batch)
+                at = self._block.clock()
                 for item in batch:
                     if unconfirmed is not None:
-                        unconfirmed.add(item)
+                        unconfirmed.add(item, at)
                     else:
-                        item[1].set_result(None)
+                        complete(item[1], None)
             if unconfirmed is not None and unconfirmed.items:
                 # Acks that came back while we were writing.
                 if reader is not None:
@@ -307,7 +314,8 @@ class Publisher:
                 if (idle and self._stopping and not self._held
                         and not (unconfirmed and unconfirmed.items)):
                     return
-                wait = self._idle_wait() if idle else 0.0
+                # Blocked: nothing to write, so wait for the broker (its unblock) too.
+                wait = self._idle_wait() if idle or self._block.reason is not None else 0.0
                 self._sleeping_until = time.monotonic() + wait if wait > 0 else 0.0
             if wait > 0:
                 try:
@@ -320,7 +328,8 @@ class Publisher:
                 next_heartbeat = time.monotonic() + 1.0
             if unconfirmed is not None:
                 oldest = unconfirmed.oldest()
-                if oldest is not None and time.monotonic() - oldest > self.cfg.confirm_timeout:
+                if (oldest is not None
+                        and self._block.clock() - oldest > self.cfg.confirm_timeout):
                     raise ConnectionError(f"no confirm within {self.cfg.confirm_timeout}s")
 
     def _wait(self, conn: Connection, reader: FrameReader | None, sock: socket.socket | None,

@@ -41,7 +41,7 @@ class Service:
                                keep_younger_than=cfg.signature_max_age
                                if cfg.signing_key_file else 0.0)
         key = signing.load_key(cfg.signing_key_file) if cfg.signing_key_file else None
-        self.publisher = Publisher(cfg, signing_key=key)
+        self.publisher = Publisher(cfg, signing_key=key, on_blocked=self._broker_blocked)
         self.executor = KeyedExecutor(cfg.max_concurrent_ops)
         self.watch = StateWatch(cfg, self.hypervisor, self._publish_event, self.executor.busy,
                                 debounce=debounce, sync_interval=sync_interval)
@@ -86,6 +86,16 @@ class Service:
         # Called from libvirt's event thread or a verb thread: only record.
         self._lost_reason = reason
         self._libvirt_down.set()
+
+    def _broker_blocked(self, reason: str | None) -> None:
+        # On the publisher's thread, inside its frame reader: hand over, never wait.
+        # Only the publishing connection is blocked: acks on the consumer's still flow.
+        if reason is not None:
+            log.error("broker_blocked_consuming_paused", reason=reason)
+            self.fault("broker_blocked", f"broker blocked publishing: {reason}")
+        else:
+            log.info("broker_unblocked")
+            self.fault("broker_blocked", None)
 
     def fault(self, kind: str, reason: str | None) -> None:
         """A fault of this kind began (with its reason) or ended (None).

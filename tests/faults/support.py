@@ -794,15 +794,29 @@ def count_events(records: list[dict[str, Any]], *names: str) -> int:
     return sum(1 for r in records if r.get("event") in names)
 
 
-#: Log events that mean the worker itself went wrong, whatever the fault.
-ALARMS = ("consumer_crashed", "dispatch_crashed_message_rejected", "verb_crashed",
-          "task_crashed", "publish_refused", "settlement_repeated_ignored", "publisher_gave_up",
-          "message_rejected")
+#: Log events the worker emits when it went wrong itself (a crash, a rejection) or lost a
+#: publish (refused by the broker: the message goes back to be delivered again).
+ALARMS = ("consumer_crashed", "decode_crashed", "dispatch_crashed_message_rejected",
+          "verb_crashed", "task_crashed", "broker_blocked_callback_crashed",
+          "settlement_repeated_ignored", "message_rejected",
+          "publish_unconfirmed_message_requeued")
+#: Errors that, ending a connection (``<name>_connection_lost``), are the worker's own bug
+#: rather than the broker's doing: InvalidStateError is a confirm completed twice.
+BUG_ERRORS = ("InvalidStateError", "AttributeError", "TypeError", "KeyError", "IndexError",
+              "NameError", "AssertionError", "UnexpectedFrame")
 
 
 def alarms(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records that report a crash or a rejection (none are expected in these scenarios)."""
-    return [r for r in records if r.get("event") in ALARMS]
+    """Records that report a crash, a refused publish or a rejection (none are expected here).
+
+    A lost connection is the fault's doing, and so is a requeue after a confirm timeout
+    (``no confirm within``): neither is an alarm unless a bug of ours ended the connection.
+    """
+    def crashed(record: dict[str, Any]) -> bool:
+        event, error = str(record.get("event", "")), str(record.get("error", ""))
+        return event.endswith("_connection_lost") and error.split(":", 1)[0] in BUG_ERRORS
+
+    return [r for r in records if r.get("event") in ALARMS or crashed(r)]
 
 
 def order_violations(plan: list[Cast], completed: list[str]) -> list[str]:

@@ -1,0 +1,84 @@
+"""A TCP relay in front of a broker that can hold back what the broker sends.
+
+Holding the broker's side makes a publisher see no confirms (its confirm
+timeout fires) while the broker does receive, route and ack everything; on
+release the held acks arrive late, on a connection the publisher has given up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+from urllib.parse import urlsplit, urlunsplit
+
+
+class Relay:
+    """Forwards 127.0.0.1:port to a broker; hold() keeps the broker's bytes until release()."""
+
+    def __init__(self, broker_url: str) -> None:
+        parts = urlsplit(broker_url)
+        self._target = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        netloc = f"{parts.username}:{parts.password}@127.0.0.1:{self.port}"
+        self.url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        self.connections = 0
+        self._held = threading.Event()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, name="relay", daemon=True)]
+        self._threads[0].start()
+
+    def hold(self) -> None:
+        """From now on keep what the broker sends (the client still reaches the broker)."""
+        self._held.set()
+
+    def release(self) -> None:
+        """Deliver everything held, and forward at once again."""
+        self._held.clear()
+
+    def close(self) -> None:
+        """Stop relaying and close every connection."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(5)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(self._target, timeout=5)
+            self.connections += 1
+            thread = threading.Thread(target=self._link, args=(client, upstream),
+                                      name=f"relay-{self.connections}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _link(self, client: socket.socket, upstream: socket.socket) -> None:
+        held = bytearray()
+        upstream_open = True
+        with contextlib.suppress(OSError), client, upstream:
+            while not self._stop.is_set():
+                if held and not self._held.is_set():
+                    client.sendall(held)
+                    held.clear()
+                if not upstream_open and not held:
+                    return
+                sources = [client] + ([upstream] if upstream_open else [])
+                ready, _, _ = select.select(sources, [], [], 0.05)
+                if client in ready:
+                    data = client.recv(1 << 16)
+                    if not data:
+                        return
+                    upstream.sendall(data)
+                if upstream in ready:
+                    data = upstream.recv(1 << 16)
+                    if data:
+                        held += data
+                    else:
+                        upstream_open = False
