@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ CONFIRM_TIMEOUT = 3
 ALARM = 12.0  # seconds the broker is out of memory: four confirm timeouts
 SET_ALARM = "rabbit_alarm:set_alarm({{resource_limit, memory, node()}, []})."
 CLEAR_ALARM = "rabbit_alarm:clear_alarm({resource_limit, memory, node()})."
+BACKLOG = 40  # casts queued for the worker when the alarm comes
 
 
 def test_casts_survive_a_broker_memory_alarm(private_broker: PrivateBroker,
@@ -30,7 +33,10 @@ def test_casts_survive_a_broker_memory_alarm(private_broker: PrivateBroker,
 
     A third of the way through the casts the node raises its memory alarm (every publishing
     connection is blocked: the worker's publisher and the caster), and clears it 12 s later.
-    The worker must hold its events, pause consuming and say so, and pick up after.
+    The worker must hold its events, pause consuming and say so, and pick up after. So that it
+    has events to publish into the block (the caster is blocked too), the worker is stopped
+    (SIGSTOP, well under its heartbeat) while a backlog of casts queues up and the alarm is
+    raised, then continued.
     """
     domains = vms(DOMAINS)
     with Scenario("broker-alarm", url=private_broker.url, durable=False, quorum=False,
@@ -38,8 +44,15 @@ def test_casts_survive_a_broker_memory_alarm(private_broker: PrivateBroker,
                   confirm_timeout=CONFIRM_TIMEOUT) as scn:
         load = scn.start_load()
         load.wait_sent(CASTS // 3, 60)
+        pid = scn.worker.pid
+        assert pid is not None
         try:
-            private_broker.ctl("eval", SET_ALARM)
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                load.wait_sent(CASTS // 3 + BACKLOG, 30)
+                private_broker.ctl("eval", SET_ALARM)
+            finally:
+                os.kill(pid, signal.SIGCONT)
             time.sleep(ALARM)
         finally:
             private_broker.ctl("eval", CLEAR_ALARM)

@@ -27,9 +27,9 @@ def publisher(cfg: Config) -> Iterator[Publisher]:
     pub.stop()
 
 
-def test_a_tiny_timeout_gets_at_most_one_heartbeat_a_second(publisher: Publisher,
+def test_a_tiny_timeout_gets_at_most_two_heartbeats_a_second(publisher: Publisher,
                                                             cfg: Config) -> None:
-    """_timeout 0.2 ms behind a slow verb once made thousands of beats; now about one a second."""
+    """_timeout 0.2 ms behind a slow verb once made thousands of beats; now two a second."""
     reply_q = f"reply_{uuid.uuid4().hex}"
     with Connection(cfg.transport_url) as conn:
         queue = Queue(reply_q, exclusive=True, auto_delete=True)(conn.channel())
@@ -42,7 +42,7 @@ def test_a_tiny_timeout_gets_at_most_one_heartbeat_a_second(publisher: Publisher
         while (message := queue.get(no_ack=True)) is not None:
             beats.append(envelope.unwrap(message.body, 1 << 20))
 
-    assert 2 <= len(beats) <= 4, len(beats)
+    assert 3 <= len(beats) <= 6, len(beats)
     assert all(b["ending"] is False and b["result"] is None for b in beats)
 
 
