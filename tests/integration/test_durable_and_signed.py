@@ -20,13 +20,14 @@ pytestmark = pytest.mark.integration
 
 
 def _cast(cfg: Config, method: str, args: dict[str, object],
-          headers: dict[str, str] | None = None, body: bytes | None = None) -> bytes:
+          headers: dict[str, str] | None = None, body: bytes | None = None,
+          host: str | None = None) -> bytes:
     body = body or envelope.wrap({"method": method, "args": args, "version": "1.0",
                                   "_unique_id": uuid.uuid4().hex})
     with Connection(cfg.transport_url) as conn:
         ex = Exchange(cfg.control_exchange, type="topic", durable=cfg.amqp_durable_queues)
         Producer(conn.channel()).publish(
-            body, exchange=ex, routing_key=f"{cfg.topic}.{cfg.host}", headers=headers,
+            body, exchange=ex, routing_key=f"{cfg.topic}.{host or cfg.host}", headers=headers,
             content_type="application/json", content_encoding="utf-8", delivery_mode=2)
     return body
 
@@ -96,12 +97,7 @@ def _signed_cast(cfg: Config, key: bytes, args: dict[str, object], *, host: str 
     headers = signing.headers(key, cfg.control_exchange,
                               f"{cfg.topic}.{signed_for or host or cfg.host}", body,
                               now=time.time() - age)
-    with Connection(cfg.transport_url) as conn:
-        ex = Exchange(cfg.control_exchange, type="topic", durable=cfg.amqp_durable_queues)
-        Producer(conn.channel()).publish(
-            body, exchange=ex, routing_key=f"{cfg.topic}.{host or cfg.host}", headers=headers,
-            content_type="application/json", content_encoding="utf-8", delivery_mode=2)
-    return body
+    return _cast(cfg, "", {}, headers=headers, body=body, host=host)
 
 
 def _reject_reasons(tap: EventTap, count: int) -> list[str]:
