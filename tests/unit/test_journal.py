@@ -418,3 +418,4 @@ def test_opening_a_full_journal_loads_nothing(open_journal: OpenJournal) -> None
     assert peak < 1 << 20
     assert 100000 == len(j)
     assert (EVENT, REPLY) == j.get("id054321").outgoing  # type: ignore[union-attr]
+
