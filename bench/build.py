@@ -29,10 +29,10 @@ from bench.parallel import QEMU_URI, remove_all
 from tests.brokers import delete_names, notification_names, service_names
 from tests.e2e.support import kvm_works
 from worker import logs
-from worker.client import RpcClient
-from worker.domain_xml import DomainSpec, domain, to_string
-from worker.hypervisor import start_event_loop
+from worker.amqp.client import RpcClient
 from worker.service import Service
+from worker.virt.domain_xml import DomainSpec, domain, to_string
+from worker.virt.hypervisor import start_event_loop
 
 NAME_PREFIX = "cw-bench-build-"
 

@@ -18,9 +18,9 @@ from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from tests.brokers import delete_names, notification_names, service_names
 from worker import config as config_mod
-from worker import envelope
+from worker.codec import envelope
 from worker.config import Config
-from worker.domain_xml import DomainSpec, domain, to_string
+from worker.virt.domain_xml import DomainSpec, domain, to_string
 
 BROKER = os.environ.get("COMPUTE_WORKER_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 RESULTS = Path(__file__).with_name("RESULTS.md")

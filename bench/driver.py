@@ -23,7 +23,7 @@ from typing import Any
 from kombu import Connection, Exchange, Producer
 
 from bench.common import EventCounter, is_end, raw_round_trip
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 
 
 def _publisher(job: dict[str, Any]) -> tuple[Connection, Producer, Exchange]:

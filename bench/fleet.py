@@ -56,10 +56,11 @@ from bench.common import (
 )
 from tests.brokers import delete_names, notification_names, service_names
 from worker import config as config_mod
-from worker import envelope, logs
+from worker import logs
+from worker.codec import envelope
 from worker.config import Config
-from worker.domain_xml import DomainSpec, domain
 from worker.service import Service
+from worker.virt.domain_xml import DomainSpec, domain
 
 PROCS = os.cpu_count() or 2
 

@@ -34,8 +34,9 @@ from bench.fleet import (
     wait_events,
 )
 from tests.brokers import delete_names, notification_names, service_names
-from worker import envelope, logs
-from worker.client import RpcClient
+from worker import logs
+from worker.amqp.client import RpcClient
+from worker.codec import envelope
 from worker.config import Config
 
 WORKER = Path(sys.executable).with_name("compute-worker")

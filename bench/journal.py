@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from bench.common import append_result, machine, percentile
-from worker import envelope, events, logs
-from worker.journal import TRIM_EVERY, Journal, Outgoing
+from worker import logs
+from worker.codec import envelope, notifications
+from worker.core.journal import TRIM_EVERY, Journal
+from worker.messages import Outgoing
 
 
 class Closable(Protocol):
@@ -52,7 +54,7 @@ AFTER_FULL = 3000
 
 def end_event(unique_id: str) -> Outgoing:
     """The end event a pause cast records, as the dispatcher builds it."""
-    event = events.notification(
+    event = notifications.notification(
         event_type="instance.pause.end", payload_name="InstanceActionPayload",
         data={"uuid": str(uuid.uuid4()), "name": "bench-vm", "host": "bench-host",
               "power_state": "paused", "vm_state": "paused", "action": "pause",

@@ -29,7 +29,8 @@ from bench.common import (
     remove_domains,
 )
 from bench.throughput import Driver
-from worker import envelope, events, logs
+from worker import logs
+from worker.codec import envelope, notifications
 from worker.config import Config
 from worker.service import Service
 
@@ -44,7 +45,8 @@ def paced_casts(cfg: Config, uuids: list[str], count: int) -> tuple[list[str], l
             "method": f"{action}_instance",
             "args": {"instance": {"uuid": uuids[number % len(uuids)]}},
             "version": "1.0", "_unique_id": unique}).decode())
-        ids.append(events.message_id(unique, f"instance.{action}.end", cfg.event_publisher_id))
+        ids.append(notifications.message_id(unique, f"instance.{action}.end",
+                                            cfg.event_publisher_id))
     return bodies, ids
 
 
@@ -81,7 +83,7 @@ class RawEcho:
             def echo(message: Message) -> None:
                 inner = envelope.unwrap(message.body, cfg.max_message_bytes)
                 action = str(inner["method"]).removesuffix("_instance")
-                event = events.notification(
+                event = notifications.notification(
                     event_type=f"instance.{action}.end", payload_name="InstanceActionPayload",
                     data={"uuid": inner["args"]["instance"]["uuid"]},
                     publisher_id=cfg.event_publisher_id, topic=cfg.notification_topic,

@@ -32,11 +32,11 @@ from tests.brokers import delete_names, notification_names, service_names
 from tests.e2e.support import kvm_works
 from tests.helpers import remove_domain
 from worker import logs
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 from worker.config import Config
-from worker.domain_xml import DomainSpec, domain, to_string
-from worker.hypervisor import start_event_loop
 from worker.service import Service
+from worker.virt.domain_xml import DomainSpec, domain, to_string
+from worker.virt.hypervisor import start_event_loop
 
 QEMU_URI = "qemu:///system"
 NAME_PREFIX = "cw-bench-par-"

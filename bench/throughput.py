@@ -31,7 +31,8 @@ from bench.common import (
     median,
     remove_domains,
 )
-from worker import envelope, events, logs
+from worker import logs
+from worker.codec import envelope, notifications
 from worker.config import Config
 from worker.service import Service
 
@@ -105,7 +106,7 @@ def raw_loop(cfg: Config, bodies: list[bytes], confirm: bool) -> float:
                     message = inbox.pop(0)
                     inner = envelope.unwrap(message.body, 1 << 20)
                     for phase in ("start", "end"):
-                        event = events.notification(
+                        event = notifications.notification(
                             event_type=f"instance.pause.{phase}",
                             payload_name="InstanceActionPayload",
                             data={"uuid": inner["args"]["instance"]["uuid"]},

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from handlers.common import Args, Result, describe, find_guest, instance_uuid
-from worker import domain_xml, images, logs
-from worker import power_state as ps
-from worker.context import Context
+from handlers.common import Args, Result, find_guest, instance_uuid
+from worker import logs
+from worker.core.context import Context
 from worker.errors import (
     HypervisorUnavailable,
     InstanceInvalidState,
     InstanceNotFound,
     NotSupported,
 )
-from worker.guest import Guest
+from worker.virt import domain_xml, images
+from worker.virt import power_state as ps
+from worker.virt.guest import Guest
 
 log = logs.get(__name__)
 
@@ -49,7 +50,7 @@ def reboot_instance(ctx: Context, args: Args) -> Result:
             if not guest.wait_off(ctx.config.soft_reboot_timeout):
                 log.warning("soft_reboot_timed_out", timeout=ctx.config.soft_reboot_timeout)
     _hard_reboot(guest)
-    return describe(guest)
+    return guest.describe()
 
 
 def stop_instance(ctx: Context, args: Args) -> Result:
@@ -63,7 +64,7 @@ def stop_instance(ctx: Context, args: Args) -> Result:
                 log.warning("clean_shutdown_timed_out", timeout=timeout)
         if guest.is_active():
             guest.power_off()
-    return describe(guest)
+    return guest.describe()
 
 
 def start_instance(ctx: Context, args: Args) -> Result:
@@ -79,7 +80,7 @@ def start_instance(ctx: Context, args: Args) -> Result:
         guest.start()
     elif current not in (ps.RUNNING, ps.PAUSED):
         raise InstanceInvalidState(f"cannot start an instance that is {current}")
-    return describe(guest)
+    return guest.describe()
 
 
 def terminate_instance(ctx: Context, args: Args) -> Result:
@@ -123,7 +124,7 @@ def build_and_run_instance(ctx: Context, args: Args) -> Result:
         if not existing.is_active() and not existing.has_managed_save():
             existing.start()
         log.info("build_found_existing_domain", uuid=uuid)
-        return describe(existing)
+        return existing.describe()
     domain_type = BUILD_DOMAIN_TYPES.get(ctx.config.virt_type)
     if domain_type is None:
         raise NotSupported(f"building instances on virt_type {ctx.config.virt_type} "
@@ -150,7 +151,7 @@ def build_and_run_instance(ctx: Context, args: Args) -> Result:
     except Exception:
         _roll_back(ctx, uuid, guest)
         raise
-    return describe(guest)
+    return guest.describe()
 
 
 def _root_disk(ctx: Context, args: Args, directory: Path) -> tuple[str, ...]:

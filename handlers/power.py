@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from handlers.common import Args, Result, describe, find_guest
-from worker import power_state as ps
-from worker.context import Context
+from handlers.common import Args, Result, find_guest
+from worker.core.context import Context
 from worker.errors import InstanceInvalidState
+from worker.virt import power_state as ps
 
 
 def pause_instance(ctx: Context, args: Args) -> Result:
@@ -16,7 +16,7 @@ def pause_instance(ctx: Context, args: Args) -> Result:
         guest.pause()
     elif current != ps.PAUSED:
         raise InstanceInvalidState(f"cannot pause an instance that is {current}")
-    return describe(guest)
+    return guest.describe()
 
 
 def unpause_instance(ctx: Context, args: Args) -> Result:
@@ -27,7 +27,7 @@ def unpause_instance(ctx: Context, args: Args) -> Result:
         guest.unpause()
     elif current != ps.RUNNING:
         raise InstanceInvalidState(f"cannot unpause an instance that is {current}")
-    return describe(guest)
+    return guest.describe()
 
 
 def suspend_instance(ctx: Context, args: Args) -> Result:
@@ -38,7 +38,7 @@ def suspend_instance(ctx: Context, args: Args) -> Result:
         guest.save_to_disk()
     elif guest.is_active() or not guest.has_managed_save():
         raise InstanceInvalidState(f"cannot suspend an instance that is {current}")
-    return describe(guest)
+    return guest.describe()
 
 
 def resume_instance(ctx: Context, args: Args) -> Result:
@@ -49,4 +49,4 @@ def resume_instance(ctx: Context, args: Args) -> Result:
         guest.start()
     elif current != ps.RUNNING:
         raise InstanceInvalidState(f"cannot resume an instance that is {current}, not suspended")
-    return describe(guest)
+    return guest.describe()

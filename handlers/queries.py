@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from handlers.common import Args, Result, describe, find_guest
-from worker.context import Context
+from handlers.common import Args, Result, find_guest
+from worker.core.context import Context
 from worker.errors import InstanceNotFound
 
 
 def get_instance_info(ctx: Context, args: Args) -> Result:
     """uuid, name, power_state, vm_state, memory, vCPUs and CPU time of one instance."""
     guest = find_guest(ctx, args)
-    return {**describe(guest), **guest.info()}
+    return {**guest.describe(), **guest.info()}
 
 
 def list_instances(ctx: Context, args: Args) -> list[Result]:
@@ -18,7 +18,7 @@ def list_instances(ctx: Context, args: Args) -> list[Result]:
     found = []
     for guest in ctx.hypervisor.guests():
         try:
-            found.append(describe(guest))
+            found.append(guest.describe())
         except InstanceNotFound:
             continue  # undefined between the listing and the look: not there any more
     return found

@@ -1,37 +1,15 @@
-"""The method table: RPC method name -> handler, event action, schema (rpc/<name>.json)."""
+"""The method table: RPC method name -> handler, event action, schema (rpc/<name>.json).
+
+The service hands TABLE to its dispatcher, as oslo hands endpoints to its own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 from handlers import lifecycle, power, queries
-from worker.context import Context
-
-Handler = Callable[[Context, dict[str, Any]], Any]
+from worker.core.methods import Method, MethodTable
 
 #: The RPC API version this table serves (oslo rules: same major, minor not higher).
 API_VERSION = "1.0"
-
-
-@dataclass(frozen=True)
-class Method:
-    """One RPC method: its handler and how the dispatcher treats it."""
-
-    name: str
-    handler: Handler
-    #: nova's action name for instance.<action>.<phase> events; None: no events.
-    action: str | None
-    #: Changes state: journaled so a redelivery does not run it twice.
-    mutating: bool = True
-    #: vm_state its error event reports (a failed build leaves nothing usable: nova's ERROR).
-    vm_state_on_error: str | None = None
-
-    @property
-    def schema(self) -> str:
-        """The file stem of its args schema in schemas/rpc/."""
-        return self.name
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -45,6 +23,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("stop_instance", lifecycle.stop_instance, "power_off"),
     Method("start_instance", lifecycle.start_instance, "power_on"),
     Method("terminate_instance", lifecycle.terminate_instance, "delete"),
-    Method("get_instance_info", queries.get_instance_info, None, mutating=False),
-    Method("list_instances", queries.list_instances, None, mutating=False),
+    Method("get_instance_info", queries.get_instance_info, None, mutating=False,
+           ordered=False),
+    Method("list_instances", queries.list_instances, None, mutating=False, ordered=False),
 )}
+#: What the service hands its dispatcher.
+TABLE = MethodTable(API_VERSION, METHODS)

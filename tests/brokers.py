@@ -22,8 +22,8 @@ from typing import Any
 
 from kombu import Connection
 
+from worker.amqp.topology import PRIORITIES
 from worker.config import Config
-from worker.topology import PRIORITIES
 
 HOSTNAME = socket.gethostname()
 

@@ -17,7 +17,7 @@ from tests.brokers import delete_names, notification_names, service_names
 from tests.helpers import EventTap, define_test_domains, remove_test_domains
 from worker import config as config_mod
 from worker import logs
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
 

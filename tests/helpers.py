@@ -18,8 +18,9 @@ import libvirt
 import pytest
 from kombu import Connection, Consumer, Exchange, Message, Queue
 
-from worker import envelope, schemas
-from worker.domain_xml import DomainSpec, domain, to_string
+from worker.codec import envelope
+from worker.core import schemas
+from worker.virt.domain_xml import DomainSpec, domain, to_string
 
 Event = dict[str, Any]
 
@@ -28,7 +29,7 @@ def check_event(event: Event) -> None:
     """Validate an event's inner message and its payload against schemas/events/."""
     schemas.validator("events", "notification")(event)
     payload = event["payload"]
-    schemas.check_event(payload["nova_object.name"], payload["nova_object.data"])
+    schemas.validator("events", payload["nova_object.name"])(payload["nova_object.data"])
 
 
 class EventTap:

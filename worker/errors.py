@@ -90,10 +90,6 @@ class InstanceInvalidState(WorkerError):
     changes_nothing = True
 
 
-class InstanceExists(WorkerError):
-    """A domain with that UUID or name already exists."""
-
-
 class NotSupported(WorkerError):
     """This worker cannot do what the message asks (a hypervisor type, a device kind)."""
 

@@ -83,16 +83,6 @@ def broker_policy(sleep: Sleep = time.sleep, *, event: str = "broker_reconnect_w
     )
 
 
-def backoff_delays(policy: tenacity.Retrying, attempts: int) -> list[float]:
-    """The waits a policy would take over attempts failures (for tests and docs)."""
-    delays: list[float] = []
-    state: Any = tenacity.RetryCallState(policy, fn=None, args=(), kwargs={})
-    for number in range(1, attempts + 1):
-        state.attempt_number = number
-        delays.append(float(policy.wait(state)))
-    return delays
-
-
 def reconnecting(connect: Callable[[], Any], serve: Callable[[Any], None], *, name: str,
                  stopping: Callable[[], bool], sleep: Sleep = time.sleep) -> None:
     """Open with backoff, serve until the connection is lost, and again, until stopping().

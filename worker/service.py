@@ -7,18 +7,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker import __version__, events, logs, signing
+from handlers.registry import TABLE
+from worker import __version__, logs
+from worker.amqp.consumer import Consumer
+from worker.amqp.publisher import Publisher
+from worker.codec import signing
 from worker.config import Config
-from worker.consumer import Consumer
-from worker.dispatcher import Dispatcher
+from worker.core.answers import Answers
+from worker.core.dispatcher import Dispatcher, Lines
+from worker.core.journal import Journal
+from worker.core.ordering import KeyedExecutor
+from worker.core.state_watch import StateWatch
 from worker.errors import HypervisorUnavailable
-from worker.hypervisor import Hypervisor
-from worker.journal import Journal
-from worker.ordering import KeyedExecutor
-from worker.paths import InstancePaths
-from worker.publisher import Publisher
+from worker.messages import Outgoing
 from worker.retry import libvirt_reconnect_policy
-from worker.state_watch import StateWatch
+from worker.virt.hypervisor import Hypervisor
+from worker.virt.lifecycle import LifecycleEvent
+from worker.virt.paths import InstancePaths
 
 log = logs.get(__name__)
 
@@ -42,15 +47,20 @@ class Service:
                                if cfg.signing_key_file else 0.0)
         key = signing.load_key(cfg.signing_key_file) if cfg.signing_key_file else None
         self.publisher = Publisher(cfg, signing_key=key, on_blocked=self._broker_blocked)
+        self.answers = Answers(cfg, __version__)
+        # Verbs wait in their instance's line; queries run beside them, in a
+        # pool of their own so that slow verbs on every line cannot hold them.
         self.executor = KeyedExecutor(cfg.max_concurrent_ops)
-        self.watch = StateWatch(cfg, self.hypervisor, self._publish_event, self.executor.busy,
-                                debounce=debounce, sync_interval=sync_interval)
-        self.dispatcher = Dispatcher(cfg, self.hypervisor, self.journal, self.publisher,
-                                     self.executor, self.paths, retry_sleep=retry_sleep,
+        self.queries = KeyedExecutor(max(2, cfg.max_concurrent_ops // 2), name="query")
+        self.watch = StateWatch(cfg, self.hypervisor, self.answers, self.publisher.send,
+                                self.executor.busy, debounce=debounce,
+                                sync_interval=sync_interval)
+        self.dispatcher = Dispatcher(cfg, TABLE, self.hypervisor, self.journal, self.publisher,
+                                     Lines(self.executor, self.queries), self.paths,
+                                     self.answers, retry_sleep=retry_sleep,
                                      on_verb_end=self._verb_ended, signing_key=key,
                                      on_fault=self.fault)
-        self.consumer = Consumer(cfg, self.dispatcher.deliver,
-                                 busy=lambda: self.executor.pending > 0)
+        self.consumer = Consumer(cfg, self.dispatcher.deliver, busy=self._busy)
         self._threads = [
             threading.Thread(target=self._consume, name="consumer", daemon=True),
             threading.Thread(target=self._guard_libvirt, name="libvirt-guard", daemon=True),
@@ -67,14 +77,17 @@ class Service:
 
     # --- wiring callbacks -------------------------------------------------------------
 
-    def _publish_event(self, event: events.Event) -> None:
-        self.publisher.send(self.dispatcher.event_outgoing(event))
+    def _publish(self, out: Outgoing) -> None:
+        self.publisher.send(out)
 
-    def _lifecycle(self, uuid: str, event: int, detail: int) -> None:
+    def _busy(self) -> bool:
+        return self.executor.pending > 0 or self.queries.pending > 0
+
+    def _lifecycle(self, event: LifecycleEvent) -> None:
         # Most events are our own verbs at work; their end events say it all,
         # so drop those here rather than look at the domain again later.
-        if not self.executor.busy(uuid.lower()):
-            self.watch.lifecycle(uuid, event, detail)
+        if not self.executor.busy(event.uuid):
+            self.watch.lifecycle(event)
 
     def _verb_ended(self, uuid: str, result: Any) -> None:
         if isinstance(result, dict) and "power_state" in result:
@@ -198,18 +211,14 @@ class Service:
         for thread in self._threads:
             thread.join(5)
         self.executor.shutdown(wait=False)
+        self.queries.shutdown(wait=False)
         self.journal.close()
         self.hypervisor.close()
         self.stopped.set()
 
     def publish_service_status(self, *, up: bool, disabled_reason: str | None) -> None:
         """Emit service.update: up or down, and why the host is disabled if it is."""
-        data = {"host": self.cfg.host, "binary": "compute-worker", "topic": self.cfg.topic,
-                "up": up, "disabled": disabled_reason is not None,
-                "disabled_reason": disabled_reason, "version": __version__}
-        self._publish_event(events.notification(
-            event_type="service.update", payload_name="ServiceStatusPayload", data=data,
-            publisher_id=self.cfg.event_publisher_id, topic=self.cfg.notification_topic))
+        self._publish(self.answers.service_status(up=up, disabled_reason=disabled_reason))
 
     def stop(self, grace: float = 30.0) -> None:
         """Stop taking messages, finish work in flight within grace, requeue the rest, close."""
@@ -218,7 +227,8 @@ class Service:
         self.consumer.pause()
         self.dispatcher.draining = True
         deadline = time.monotonic() + grace
-        finished = self.executor.wait_idle(grace)
+        finished = self.executor.wait_idle(grace) and self.queries.wait_idle(
+            max(0.0, deadline - time.monotonic()))
         # Finished verbs are acked when their events are confirmed; give that the rest of grace.
         settled = self.dispatcher.wait_settled(max(0.0, deadline - time.monotonic()))
         if not (finished and settled):
@@ -231,6 +241,7 @@ class Service:
         self.publish_service_status(up=False, disabled_reason=None)
         self.publisher.stop()
         self.executor.shutdown(wait=finished)
+        self.queries.shutdown(wait=finished)
         self.journal.close()
         self.hypervisor.close()
         self.stopped.set()

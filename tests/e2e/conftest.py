@@ -12,10 +12,10 @@ import pytest
 
 from tests.e2e.support import QEMU_URI, Verbs, Vm, define_vm, kvm_works
 from tests.helpers import EventTap, remove_domain
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 from worker.config import Config
-from worker.hypervisor import start_event_loop
 from worker.service import Service
+from worker.virt.hypervisor import start_event_loop
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ from typing import Any
 import libvirt
 
 from tests.helpers import Event, EventTap, check_event
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 from worker.config import Config
-from worker.domain_xml import DomainSpec, domain, to_string
+from worker.virt.domain_xml import DomainSpec, domain, to_string
 
 QEMU_URI = "qemu:///system"
 NAME_PREFIX = "cw-e2e-"

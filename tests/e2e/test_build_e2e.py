@@ -11,7 +11,7 @@ from lxml import etree
 
 from tests.e2e.support import NAME_PREFIX, QEMU_URI
 from tests.helpers import EventTap, check_event, domain_state, remove_domain
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.e2e.support import QEMU_URI, Verbs, Vm, check_all, states
 from tests.helpers import EventTap, domain_state
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 from worker.config import Config
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import libvirt
 import pytest
 
 from tests.e2e.support import Vm
-from worker.client import RemoteError, RpcClient
+from worker.amqp.client import RemoteError, RpcClient
 from worker.config import Config
 from worker.service import Service
 

@@ -37,7 +37,7 @@ from tests.faults.support import (
     vm_states,
     worker_argv,
 )
-from worker.topology import host_queue, notification_queues
+from worker.amqp.topology import host_queue, notification_queues
 
 
 class Scenario:

@@ -36,10 +36,10 @@ from tests.brokers import (
 )
 from tests.helpers import Event, check_event, remove_domain
 from worker import config as config_mod
-from worker import envelope
+from worker.codec import envelope
+from worker.codec.notifications import message_id
 from worker.config import Config
-from worker.domain_xml import DomainSpec, domain, to_string
-from worker.events import message_id
+from worker.virt.domain_xml import DomainSpec, domain, to_string
 
 QEMU_URI = "qemu:///system"
 SYSTEM_BROKER_URL = os.environ.get("COMPUTE_WORKER_TEST_BROKER",

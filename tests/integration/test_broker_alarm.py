@@ -14,10 +14,10 @@ from structlog.testing import capture_logs
 
 from tests.brokers import PrivateBroker, wait_until
 from tests.helpers import Event, EventTap
-from worker import envelope, events
+from worker.amqp.topology import control_exchange, host_queue
+from worker.codec import envelope, notifications
 from worker.config import Config
 from worker.service import Service
-from worker.topology import control_exchange, host_queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -81,7 +81,7 @@ def test_memory_alarm_longer_than_the_confirm_timeout_loses_and_repeats_nothing(
     plan = _cast_all(cfg, uids)
     tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
     service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
-    wanted = {events.message_id(u, f"instance.{a}.end", cfg.event_publisher_id): (u, uid)
+    wanted = {notifications.message_id(u, f"instance.{a}.end", cfg.event_publisher_id): (u, uid)
               for u, a, uid in plan}
     try:
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:

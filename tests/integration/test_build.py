@@ -14,11 +14,11 @@ import pytest
 from lxml import etree
 
 from tests.helpers import EventTap, check_event, domain_state, remove_test_domains
-from worker import images
-from worker.client import RemoteError, RpcClient
+from worker.amqp.client import RemoteError, RpcClient
 from worker.config import Config
 from worker.errors import ImageError
 from worker.service import Service
+from worker.virt import images
 
 pytestmark = pytest.mark.integration
 

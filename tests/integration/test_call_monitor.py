@@ -10,9 +10,9 @@ import pytest
 from kombu import Connection, Queue
 from structlog.testing import capture_logs
 
-from worker import envelope
+from worker.amqp.publisher import Publisher
+from worker.codec import envelope
 from worker.config import Config
-from worker.publisher import Publisher
 
 pytestmark = pytest.mark.integration
 

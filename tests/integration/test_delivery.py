@@ -11,11 +11,11 @@ import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
 from tests.helpers import EventTap, check_event, domain_state
-from worker import envelope
-from worker.client import RemoteError, RpcClient
+from worker.amqp.client import RemoteError, RpcClient
+from worker.amqp.topology import host_queue
+from worker.codec import envelope
 from worker.config import Config
 from worker.service import Service
-from worker.topology import host_queue
 
 pytestmark = pytest.mark.integration
 

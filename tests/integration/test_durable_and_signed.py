@@ -11,10 +11,10 @@ import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
 from tests.helpers import EventTap
-from worker import envelope, signing
+from worker.amqp.topology import host_queue
+from worker.codec import envelope, signing
 from worker.config import Config
 from worker.service import Service
-from worker.topology import host_queue
 
 pytestmark = pytest.mark.integration
 

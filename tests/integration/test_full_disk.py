@@ -11,7 +11,7 @@ import pytest
 from kombu import Connection
 
 from tests.helpers import EventTap, check_event, fill, small_disk
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
 

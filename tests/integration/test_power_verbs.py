@@ -8,7 +8,7 @@ import libvirt
 import pytest
 
 from tests.helpers import EventTap, check_event, domain_state
-from worker.client import RemoteError, RpcClient
+from worker.amqp.client import RemoteError, RpcClient
 from worker.config import Config
 from worker.service import Service
 

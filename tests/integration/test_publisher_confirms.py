@@ -13,9 +13,9 @@ from structlog.testing import capture_logs
 
 from tests.brokers import wait_until
 from tests.relay import Relay
+from worker.amqp.publisher import Publisher
 from worker.config import Config
-from worker.journal import Outgoing
-from worker.publisher import Publisher
+from worker.messages import Outgoing
 
 pytestmark = pytest.mark.integration
 

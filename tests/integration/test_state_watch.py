@@ -9,7 +9,7 @@ import libvirt
 import pytest
 
 from tests.helpers import EventTap, check_event
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
 

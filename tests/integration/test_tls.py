@@ -15,7 +15,7 @@ from kombu import Connection
 from tests.brokers import PrivateBroker, free_port
 from tests.helpers import EventTap
 from worker import config as config_mod
-from worker.client import RpcClient
+from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
 

@@ -20,8 +20,8 @@ from tests.interop.support import (
     rpc_transport,
 )
 from worker.config import Config
-from worker.domain_xml import DomainSpec, domain, to_string
 from worker.service import Service
+from worker.virt.domain_xml import DomainSpec, domain, to_string
 
 
 def _delete_names(service: Service) -> None:

@@ -22,8 +22,8 @@ from oslo_messaging._metrics import client as oslo_metrics
 from oslo_messaging._tracing import client as oslo_tracing
 
 from tests.helpers import domain_state, remove_domain
-from worker import schemas
 from worker.config import Config
+from worker.core import schemas
 
 QEMU_URI = "qemu:///system"
 #: What oslo's notification dispatcher hands an endpoint, plus the priority it called.
@@ -174,7 +174,7 @@ def check_oslo_event(event: OsloEvent) -> None:
         "payload": event["payload"],
     }
     _check_oslo_visible(message)
-    schemas.check_event(event["payload"]["nova_object.name"], data(event))
+    schemas.validator("events", event["payload"]["nova_object.name"])(data(event))
 
 
 # --- raw AMQP, for feeding captured oslo bodies and reading the worker's own bytes ----

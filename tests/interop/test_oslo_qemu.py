@@ -22,9 +22,9 @@ from tests.interop.support import (
     publish_raw,
     state_of,
 )
+from worker.amqp.topology import control_exchange
 from worker.config import Config
 from worker.service import Service
-from worker.topology import control_exchange
 
 pytestmark = pytest.mark.interop
 

@@ -15,9 +15,9 @@ from kombu import Message
 
 from tests.helpers import check_event
 from tests.interop.support import RawQueue, publish_raw, state_of
+from worker.amqp.topology import control_exchange, fanout_exchange
 from worker.config import Config
 from worker.service import Service
-from worker.topology import control_exchange, fanout_exchange
 
 pytestmark = pytest.mark.interop
 

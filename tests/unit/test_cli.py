@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli import main
+from worker.cli.main import main
 
 SUBCOMMANDS = ["run", "check", "demo", "cast", "call", "events"]
 

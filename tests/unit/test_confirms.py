@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future
 
-from worker.confirms import Block, Item, Unconfirmed, complete
+from worker.amqp.confirms import Block, Item, Unconfirmed, complete
 from worker.errors import PublishError
-from worker.journal import Outgoing
+from worker.messages import Outgoing
 
 
 def _items(count: int) -> list[Item]:

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from tests.unit.support import PROPERTY, UUID
-from worker.domain_xml import DOMAIN_NAME, DomainSpec, disk, domain, to_string
 from worker.errors import UnsafePath
+from worker.virt.domain_xml import DOMAIN_NAME, DomainSpec, disk, domain, to_string
 
 GOLDEN = f"""
 <domain type="kvm">

@@ -18,8 +18,8 @@ from tests.unit.support import (
     inner,
     json_values,
 )
-from worker import envelope
-from worker.envelope import Request, decode_request
+from worker.codec import envelope
+from worker.codec.envelope import Request, decode_request
 from worker.errors import (
     BadMessage,
     InstanceNotFound,

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from worker import journal as journal_mod
+from worker.core import journal as journal_mod
+from worker.core.journal import Journal
 from worker.errors import JournalUnavailable
-from worker.journal import Journal, Outgoing
+from worker.messages import Outgoing
 
 REPLY = Outgoing("", "reply_08c90c0ac22c4e899b48d0a866dd11df", b'{"oslo.version": "2.0"}', True)
 EVENT = Outgoing("nova", "versioned_notifications.info", '{"é": "ü"}'.encode())

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
-from worker.ordering import KeyedExecutor
+from worker.core.ordering import KeyedExecutor
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from tests.unit.support import UUID
 from worker.errors import UnsafePath
-from worker.paths import InstancePaths, canonical_uuid
+from worker.virt.paths import InstancePaths, canonical_uuid
 
 OTHER = "99999999-8888-7777-6666-555555555555"
 

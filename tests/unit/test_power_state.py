@@ -5,7 +5,8 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from worker import power_state, schemas
+from worker.core import schemas
+from worker.virt import power_state
 
 #: The mapping table of DESIGN.md, for every virDomainState.
 DESIGN_TABLE = {

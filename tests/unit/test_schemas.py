@@ -1,4 +1,4 @@
-"""JSON Schemas of RPC args and event payloads, as compiled by worker.schemas."""
+"""JSON Schemas of RPC args and event payloads, as compiled by worker.core.schemas."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from lxml import etree
 
 from handlers.registry import METHODS
 from tests.unit.support import PROPERTY, UUID, WIRE_SAMPLES, inner, json_values, surrogate_text
-from worker import domain_xml, envelope, events, schemas
+from worker.codec import envelope, notifications, payloads
+from worker.core import schemas
 from worker.errors import InvalidArguments, InvalidEnvelope
+from worker.virt import domain_xml
 
 
 def instance(**fields: Any) -> dict[str, Any]:
@@ -223,34 +225,42 @@ def test_arbitrary_instance_strings_raise_only_invalid_arguments(method: str,
         pass
 
 
-def _action_data(**fields: Any) -> dict[str, Any]:
-    return {"uuid": UUID, "name": "vm1", "host": "host1", "power_state": "paused",
-            "vm_state": "paused", "action": "pause", "request_id": "req-1", "fault": None,
-            **fields}
-
-
-@pytest.mark.parametrize("error", [False, True])
-def test_notification_built_by_events_validates_against_its_schema(error: bool) -> None:
-    """An instance action event from events.notification() passes notification.json."""
-    fault = events.fault(RuntimeError("boom")) if error else None
-    event = events.notification(
+@pytest.mark.parametrize("error", [None, RuntimeError("boom"), InvalidArguments("bad")],
+                         ids=["end", "internal error", "expected error"])
+def test_instance_action_payload_and_its_notification_validate(
+        error: BaseException | None) -> None:
+    """An instance action event from codec.payloads and notifications passes both schemas."""
+    data = payloads.instance_action(uuid=UUID, name="vm1", host="host1", power_state="paused",
+                                    vm_state="paused", action="pause", request_id="req-1",
+                                    error=error)
+    event = notifications.notification(
         event_type="instance.pause.error" if error else "instance.pause.end",
-        payload_name="InstanceActionPayload", data=_action_data(fault=fault),
-        publisher_id="compute-worker:host1", topic="versioned_notifications", error=error,
-        source_id="e67dd8c720d24fff9952a8d3989ee27a")
+        payload_name="InstanceActionPayload", data=data,
+        publisher_id="compute-worker:host1", topic="versioned_notifications",
+        error=error is not None, source_id="e67dd8c720d24fff9952a8d3989ee27a")
 
     schemas.validator("events", "notification")(event.message)
-    schemas.check_event("InstanceActionPayload", event.message["payload"]["nova_object.data"])
+    schemas.validator("events", "InstanceActionPayload")(data)
+
+
+@pytest.mark.parametrize("name, data", [
+    ("RpcRejectPayload", payloads.rpc_reject(host="host1", method=None, unique_id=None,
+                                             request_id=None, instance_uuid=7,
+                                             error=InvalidArguments("pause_instance: bad"))),
+    ("ServiceStatusPayload", payloads.service_status(host="h", binary="compute-worker",
+                                                     topic="compute", up=True,
+                                                     disabled_reason="libvirt lost",
+                                                     version="0.1.0")),
+    ("InstanceUpdatePayload", payloads.instance_update(uuid=UUID, name=None, host="h",
+                                                       power_state=None,
+                                                       old_power_state="running",
+                                                       vm_state="deleted", cause="undefined")),
+], ids=["reject", "service", "update"])
+def test_every_payload_builder_fits_its_schema(name: str, data: dict[str, Any]) -> None:
+    """Each builder in codec.payloads makes what schemas/events/<name>.json accepts."""
+    schemas.validator("events", name)(data)
 
 
 def test_captured_oslo_notification_passes_the_notification_schema() -> None:
     """The notification oslo's Notifier put on the wire fits notification.json."""
     schemas.validator("events", "notification")(inner(WIRE_SAMPLES["notification"]))
-
-
-def test_reject_event_payload_validates() -> None:
-    """The payload of a rejected cast fits RpcRejectPayload."""
-    schemas.check_event("RpcRejectPayload", {
-        "host": "host1", "method": None, "unique_id": None, "request_id": None,
-        "instance_uuid": None, "fault": events.fault(InvalidArguments("pause_instance: bad")),
-    })

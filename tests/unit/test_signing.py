@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker import signing
+from worker.codec import signing
 from worker.errors import BadSignature
 
 KEY = b"0123456789abcdef0123456789abcdef"

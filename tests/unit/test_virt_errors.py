@@ -10,7 +10,7 @@ import libvirt
 import pytest
 
 from worker.errors import HypervisorError, HypervisorUnavailable, InstanceNotFound, WorkerError
-from worker.virt_errors import is_connection_error, libvirt_errors, translate
+from worker.virt.errors import is_connection_error, libvirt_errors, translate
 
 DOMAIN_UUID = "11111111-2222-3333-4444-555555555555"
 MISSING = "00000000-0000-0000-0000-000000000000"

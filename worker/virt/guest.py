@@ -11,8 +11,8 @@ from typing import Any, Protocol
 import libvirt
 from lxml import etree
 
-from worker import power_state
 from worker.errors import OperationTimeout
+from worker.virt import power_state
 
 
 class Guard(Protocol):
@@ -72,6 +72,13 @@ class Guest:
     def xml(self, flags: int = 0) -> str:
         """The domain XML (live definition unless flags ask otherwise)."""
         return str(self._call(self._dom.XMLDesc, flags))
+
+    def describe(self) -> dict[str, Any]:
+        """What an event says of an instance now: uuid, name, power_state, vm_state."""
+        current = self.power_state()
+        saved = current == power_state.SHUTDOWN and self.has_managed_save()
+        return {"uuid": self.uuid, "name": self.name, "power_state": current,
+                "vm_state": power_state.vm_state(current, saved)}
 
     def info(self) -> dict[str, Any]:
         """Sizes and counters as get_instance_info reports them."""

@@ -56,8 +56,3 @@ def check_args(method: str, args: dict[str, Any]) -> dict[str, Any]:
     except fastjsonschema.JsonSchemaValueException as exc:
         raise InvalidArguments(f"{method}: {exc.message}") from None
     return checked
-
-
-def check_event(payload_name: str, data: dict[str, Any]) -> None:
-    """Validate an event payload's data; used by tests and the debug path."""
-    validator("events", payload_name)(data)

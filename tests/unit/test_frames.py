@@ -1,4 +1,4 @@
-"""Frames built by worker.amqp_wire, byte for byte against py-amqp's own writer and reader."""
+"""Frames built by worker.amqp.frames, byte for byte against py-amqp's own writer and reader."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.support import PROPERTY
-from worker import amqp_wire
+from worker.amqp import frames as amqp_wire
 
 FRAME_MAX = 4096  # small, so that bodies split into several frames
 

@@ -7,7 +7,7 @@ import time
 from concurrent.futures import Future, InvalidStateError
 
 from worker.errors import PublishError
-from worker.journal import Outgoing
+from worker.messages import Outgoing
 
 #: A message to publish and the future its confirm resolves.
 Item = tuple[Outgoing, "Future[None]"]

@@ -12,14 +12,16 @@ import libvirt
 
 from worker import logs
 from worker.errors import HypervisorUnavailable, WorkerError
-from worker.guest import Guest
-from worker.virt_errors import libvirt_errors
+from worker.virt import lifecycle
+from worker.virt.errors import libvirt_errors
+from worker.virt.guest import Guest
+from worker.virt.lifecycle import LifecycleEvent
 
 log = logs.get(__name__)
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
-LifecycleCallback = Callable[[str, int, int], None]
-"""Called with (domain uuid, event, detail) from libvirt's event thread."""
+LifecycleCallback = Callable[[LifecycleEvent], None]
+"""Called with each domain lifecycle event, from libvirt's event thread."""
 
 
 _loop_lock = threading.Lock()
@@ -95,7 +97,7 @@ class Hypervisor:
     def _lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain,
                    event: int, detail: int, _opaque: Any) -> None:
         if self._on_lifecycle is not None:
-            self._on_lifecycle(dom.UUIDString(), event, detail)
+            self._on_lifecycle(lifecycle.from_libvirt(dom.UUIDString(), event))
 
     def connection(self) -> libvirt.virConnect:
         """The live connection, opened (or reopened) on first use."""

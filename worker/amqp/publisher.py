@@ -24,14 +24,16 @@ from typing import Any
 
 from kombu import Connection, Producer
 
-from worker import amqp_wire, envelope, logs, signing
-from worker.amqp_wire import FrameReader
-from worker.broker import Waker, drain_ready, open_connection, socket_of
+from worker import logs
+from worker.amqp import frames as amqp_wire
+from worker.amqp.confirms import Block, Item, Unconfirmed, complete
+from worker.amqp.connection import Waker, drain_ready, open_connection, socket_of
+from worker.amqp.frames import FrameReader
+from worker.amqp.topology import control_exchange, notification_queues
+from worker.codec import envelope, signing
 from worker.config import Config
-from worker.confirms import Block, Item, Unconfirmed, complete
-from worker.journal import Outgoing
+from worker.messages import Held, Outgoing
 from worker.retry import reconnecting
-from worker.topology import control_exchange, notification_queues
 
 log = logs.get(__name__)
 Publish = Callable[[list[Item]], None]
@@ -50,16 +52,6 @@ RECENT = 2.0
 HEARTBEAT_FLOOR = 0.5
 # Returned replies remembered so each call's is logged once, not once a beat.
 _RETURNED_MEMORY = 1024
-
-
-@dataclass(eq=False)
-class Held:
-    """A message given to hold(): published at its deadline or at release(), whichever first."""
-
-    out: Outgoing
-    deadline: float
-    future: Future[None] = field(default_factory=Future)
-    released: bool = False
 
 
 @dataclass
@@ -226,7 +218,7 @@ class Publisher:
             raise
 
     def _frame_publisher(self, connection: Any, channel_id: int) -> Publish:
-        # Frames built by worker.amqp_wire and one write per batch: kombu's
+        # Frames built by worker.amqp.frames and one write per batch: kombu's
         # Producer.publish, and even py-amqp's basic_publish, cost several
         # times the frames themselves, and this is the publisher's hot loop.
         def publish(batch: list[Item]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from worker import logs
 from worker.errors import ImageError, UnsafePath
-from worker.paths import inside
+from worker.virt.paths import inside
 
 log = logs.get(__name__)
 # Formats qemu may read a base image as; anything else (vmdk, vdi, ...) is

@@ -17,6 +17,7 @@ from typing import Any
 
 from worker import logs
 from worker.errors import JournalUnavailable
+from worker.messages import Outgoing
 
 log = logs.get(__name__)
 
@@ -47,27 +48,6 @@ _INSERT_NEW = "INSERT OR IGNORE INTO journal (id, completed_at, outgoing) VALUES
 _UPDATE = "UPDATE journal SET completed_at = ?, outgoing = ? WHERE id = ?"
 _OLDEST = ("DELETE FROM journal WHERE rowid IN (SELECT rowid FROM journal WHERE completed_at {op} ?"
            " ORDER BY completed_at, rowid LIMIT ?)")
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One message to publish: where it goes and its body."""
-
-    exchange: str
-    routing_key: str
-    body: bytes
-    #: Replies are mandatory: an unroutable reply is reported, not dropped silently.
-    mandatory: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain data for the journal record."""
-        return {"x": self.exchange, "rk": self.routing_key, "b": self.body.decode(),
-                "m": self.mandatory}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Outgoing:
-        """Back from a journal record."""
-        return cls(str(data["x"]), str(data["rk"]), str(data["b"]).encode(), bool(data["m"]))
 
 
 @dataclass(frozen=True)

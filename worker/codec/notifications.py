@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from worker.envelope import new_unique_id
+from worker.codec.envelope import new_unique_id
 from worker.errors import WorkerError
 
 NAMESPACE = "compute_worker"

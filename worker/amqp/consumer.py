@@ -13,14 +13,15 @@ from amqp.exceptions import AccessRefused
 from kombu import Consumer as KombuConsumer
 from kombu import Message
 
-from worker import amqp_wire, logs
-from worker.amqp_wire import FrameReader
-from worker.broker import Waker, open_connection, socket_of
+from worker import logs
+from worker.amqp import frames as amqp_wire
+from worker.amqp.connection import Waker, open_connection, socket_of
+from worker.amqp.frames import FrameReader
+from worker.amqp.topology import declared_only, rpc_queues
 from worker.config import Config
-from worker.delivery import Delivery, Settlement
 from worker.errors import HostQueueTaken
+from worker.messages import Delivery, Settlement
 from worker.retry import reconnecting
-from worker.topology import declared_only, rpc_queues
 
 log = logs.get(__name__)
 
@@ -118,7 +119,7 @@ class Consumer:
 
     def _loop(self, conn: Any, consumer: KombuConsumer, consuming: bool) -> None:
         sock = socket_of(conn)
-        # Plain TCP: read in batches and write acks in batches (worker.amqp_wire).
+        # Plain TCP: read in batches and write acks in batches (worker.amqp.frames).
         reader = FrameReader(conn.connection, sock) if sock is not None else None
         next_heartbeat = time.monotonic()
         while not self._stop.is_set():

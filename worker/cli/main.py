@@ -91,8 +91,8 @@ def _run(cfg: Config, grace: float) -> int:
 
 
 def _client(ns: argparse.Namespace, cfg: Config) -> int:
-    from worker.broker import connection_for
-    from worker.client import RemoteError, RpcClient, tail_events
+    from worker.amqp.client import RemoteError, RpcClient, tail_events
+    from worker.amqp.connection import connection_for
 
     with connection_for(cfg) as conn:
         conn.ensure_connection(max_retries=3)
@@ -108,7 +108,7 @@ def _client(ns: argparse.Namespace, cfg: Config) -> int:
             raise ConfigError(f"--args is not valid JSON: {exc}") from None
         if not isinstance(args, dict):
             raise ConfigError("--args must be a JSON object")
-        from worker.signing import load_key
+        from worker.codec.signing import load_key
 
         key = load_key(cfg.signing_key_file) if cfg.signing_key_file else None
         client = RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic,
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "demo":
-            from worker.demo import run_demo
+            from worker.cli.demo import run_demo
 
             return run_demo()
         cfg = _config(ns)
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "run":
             return _run(cfg, ns.grace)
         if ns.command == "check":
-            from worker.preflight import run_checks
+            from worker.cli.check import run_checks
 
             return run_checks(cfg)
         return _client(ns, cfg)

@@ -8,13 +8,13 @@ import time
 import uuid
 from typing import Any
 
-import libvirt
-from kombu import Connection
-
 from worker import config as config_mod
 from worker import logs
-from worker.client import RemoteError, RpcClient, tail_events
+from worker.amqp.client import RemoteError, RpcClient, tail_events
+from worker.amqp.connection import connection_for
+from worker.config import Config
 from worker.service import Service
+from worker.virt.hypervisor import Hypervisor
 
 MEMORY_URL = "memory://"
 HOST = "demo-host"
@@ -39,9 +39,9 @@ def _instance(method: str, uid: str, name: str) -> dict[str, Any]:
     return {"uuid": uid}
 
 
-def _track(stop: threading.Event, seen: list[tuple[float, dict[str, Any]]],
+def _track(cfg: Config, stop: threading.Event, seen: list[tuple[float, dict[str, Any]]],
            ready: threading.Event) -> None:
-    with Connection(MEMORY_URL, transport_options={"polling_interval": 0.005}) as conn:
+    with connection_for(cfg) as conn:
         events = tail_events(conn, timeout=None)
         ready.set()
         for event in events:
@@ -53,7 +53,8 @@ def _track(stop: threading.Event, seen: list[tuple[float, dict[str, Any]]],
 def run_demo() -> int:
     """Run the script and print each verb's outcome as a table; 0 when every verb ended well."""
     logs.setup("error")
-    holder = libvirt.open("test:///default")  # keeps the test driver's shared state alive
+    holder = Hypervisor("test:///default")
+    holder.connection()  # keeps the test driver's shared state alive
     with tempfile.TemporaryDirectory(prefix="compute-worker-demo-") as tmp:
         cfg = config_mod.load(None, {
             "host": HOST, "transport_url": MEMORY_URL, "virt_type": "test",
@@ -64,7 +65,7 @@ def run_demo() -> int:
         names = {uid: name for name, uid in uuids.items()}
         seen: list[tuple[float, dict[str, Any]]] = []
         stop, ready = threading.Event(), threading.Event()
-        tracker = threading.Thread(target=_track, args=(stop, seen, ready), daemon=True)
+        tracker = threading.Thread(target=_track, args=(cfg, stop, seen, ready), daemon=True)
         tracker.start()
         ready.wait(5)
         service = Service(cfg)
@@ -74,7 +75,7 @@ def run_demo() -> int:
         print(f"scheduler casts {len(SCRIPT)} verbs to each of {', '.join(uuids)}; "
               "the tracker prints each end event;\n"
               "ms is when the tracker received it, counted from the first cast\n")
-        with Connection(MEMORY_URL, transport_options={"polling_interval": 0.005}) as conn:
+        with connection_for(cfg) as conn:
             client = RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic)
             for method, extra in SCRIPT:
                 for name, uid in uuids.items():

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.unit.support import UUID, WIRE_SAMPLES, inner
-from worker import events
+from worker.codec import notifications
 from worker.errors import InstanceNotFound
 
 SOURCE = "e67dd8c720d24fff9952a8d3989ee27a"
@@ -19,9 +19,9 @@ SOURCE = "e67dd8c720d24fff9952a8d3989ee27a"
 
 def build(event_type: str = "instance.pause.end", *, error: bool = False,
           source_id: str | None = SOURCE, topic: str = "versioned_notifications",
-          ) -> events.Event:
+          ) -> notifications.Event:
     """One instance action event with fixed data."""
-    return events.notification(
+    return notifications.notification(
         event_type=event_type, payload_name="InstanceActionPayload",
         data={"uuid": UUID, "power_state": "paused"}, publisher_id="compute-worker:host1",
         topic=topic, error=error, source_id=source_id)
@@ -90,32 +90,32 @@ class _WholeSecond(datetime.datetime):
 
 def test_timestamp_keeps_six_digits_on_a_whole_second(monkeypatch: pytest.MonkeyPatch) -> None:
     """At microsecond 0 the timestamp still ends in .000000, as oslo's does."""
-    monkeypatch.setattr(events, "datetime",
+    monkeypatch.setattr(notifications, "datetime",
                         types.SimpleNamespace(datetime=_WholeSecond, UTC=datetime.UTC))
 
-    assert "2026-11-26 06:39:48.000000" == events.timestamp()
+    assert "2026-11-26 06:39:48.000000" == notifications.timestamp()
 
 
 def test_message_id_is_stable_for_one_message_and_event_type() -> None:
     """The same source message and event type always give the same message_id."""
     assert build().message["message_id"] == build().message["message_id"]
-    assert events.message_id(SOURCE, "instance.pause.end", "compute-worker:host1") == build(
+    assert notifications.message_id(SOURCE, "instance.pause.end", "compute-worker:host1") == build(
     ).message["message_id"]
 
 
 def test_message_id_differs_between_hosts() -> None:
     """One fanout cast makes the same event on two hosts: two events, two ids."""
-    assert events.message_id(SOURCE, "instance.pause.end", "compute-worker:host1") != \
-        events.message_id(SOURCE, "instance.pause.end", "compute-worker:host2")
+    assert notifications.message_id(SOURCE, "instance.pause.end", "compute-worker:host1") != \
+        notifications.message_id(SOURCE, "instance.pause.end", "compute-worker:host2")
 
 
 def test_message_id_differs_between_event_types_and_sources() -> None:
     """start and end of one message, and the same event of two messages, have distinct ids."""
     ids = {
-        events.message_id(SOURCE, "instance.pause.start"),
-        events.message_id(SOURCE, "instance.pause.end"),
-        events.message_id(SOURCE, "instance.pause.error"),
-        events.message_id("f41c666c063f4c64b2af42a022b069d5", "instance.pause.end"),
+        notifications.message_id(SOURCE, "instance.pause.start"),
+        notifications.message_id(SOURCE, "instance.pause.end"),
+        notifications.message_id(SOURCE, "instance.pause.error"),
+        notifications.message_id("f41c666c063f4c64b2af42a022b069d5", "instance.pause.end"),
     }
 
     assert 4 == len(ids)
@@ -146,9 +146,9 @@ def test_unique_id_is_fresh_hex_even_when_message_id_repeats() -> None:
 def test_fault_names_the_error_and_hides_internal_detail(exc: BaseException,
                                                          expected: dict[str, Any]) -> None:
     """A worker error's message is published; an internal error's is not."""
-    assert expected == events.fault(exc)
+    assert expected == notifications.fault(exc)
 
 
 def test_fault_message_is_capped() -> None:
     """A long message is cut to 1024 characters."""
-    assert 1024 == len(events.fault(InstanceNotFound("x" * 5000))["exception_message"])
+    assert 1024 == len(notifications.fault(InstanceNotFound("x" * 5000))["exception_message"])

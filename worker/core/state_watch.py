@@ -10,26 +10,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import libvirt
-
-from worker import events, logs, power_state
+from worker import logs
 from worker.config import Config
+from worker.core.answers import Answers
 from worker.errors import InstanceNotFound, WorkerError
-from worker.hypervisor import Hypervisor
+from worker.messages import Outgoing
+from worker.virt.hypervisor import Hypervisor
+from worker.virt.lifecycle import LifecycleEvent
 
 log = logs.get(__name__)
 
-CAUSES = {
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
-    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
-    libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
-    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
-}
 _GONE = "gone"  # known-state marker for a domain that no longer exists
 # The state each event announces. When the state seen on looking differs, the
 # domain moved on before we looked, and the event no longer explains it.
@@ -43,11 +33,12 @@ COALESCE = 0.05
 class StateWatch:
     """Keeps the last known power state of every domain and reports changes no verb caused."""
 
-    def __init__(self, cfg: Config, hypervisor: Hypervisor,
-                 publish: Callable[[events.Event], None], busy: Callable[[str], bool],
+    def __init__(self, cfg: Config, hypervisor: Hypervisor, answers: Answers,
+                 publish: Callable[[Outgoing], object], busy: Callable[[str], bool],
                  *, debounce: float = 2.0, sync_interval: float = 60.0) -> None:
         self.cfg = cfg
         self.hypervisor = hypervisor
+        self._answers = answers
         self._publish = publish
         self._busy = busy
         self.debounce = debounce
@@ -99,12 +90,12 @@ class StateWatch:
         self._thread.join(5)
         self._save()
 
-    def lifecycle(self, uuid: str, event: int, detail: int) -> None:
+    def lifecycle(self, event: LifecycleEvent) -> None:
         """libvirt lifecycle callback (event thread): schedule a look, nothing more."""
-        # A STOPPED is often the first half of a reboot or of a verb: look again
+        # A stop is often the first half of a reboot or of a verb: look again
         # after the debounce, and report only if the domain is still down.
-        delay = self.debounce if event == libvirt.VIR_DOMAIN_EVENT_STOPPED else COALESCE
-        self.schedule(uuid, CAUSES.get(event, "sync"), delay)
+        delay = self.debounce if event.may_be_half_of_something else COALESCE
+        self.schedule(event.uuid, event.cause, delay)
 
     def schedule(self, uuid: str, cause: str, delay: float = 0.0) -> None:
         """Look at one domain after delay seconds."""
@@ -158,11 +149,10 @@ class StateWatch:
         if self._busy(uuid):
             return  # a verb of ours is running: its end event tells the state
         try:
-            guest = self.hypervisor.guest(uuid)
-            name: str | None = guest.name
-            current = guest.power_state()
-            saved = current == power_state.SHUTDOWN and guest.has_managed_save()
-            vm_state: str | None = power_state.vm_state(current, saved)
+            now = self.hypervisor.guest(uuid).describe()
+            name: str | None = now["name"]
+            current: str = now["power_state"]
+            vm_state: str | None = now["vm_state"]
         except InstanceNotFound:
             name, current, vm_state = None, _GONE, "deleted"
         self._compare(uuid, name, current, vm_state, cause)
@@ -178,13 +168,10 @@ class StateWatch:
             cause = "sync"
         self.reported += 1
         log.info("instance_state_changed", instance=uuid, old=old, new=current, cause=cause)
-        self._publish(events.notification(
-            event_type="instance.update", payload_name="InstanceUpdatePayload",
-            data={"uuid": uuid, "name": name, "host": self.cfg.host,
-                  "power_state": None if current == _GONE else current,
-                  "old_power_state": None if old in (None, _GONE) else old,
-                  "vm_state": vm_state, "cause": cause, "request_id": None},
-            publisher_id=self.cfg.event_publisher_id, topic=self.cfg.notification_topic))
+        self._publish(self._answers.instance_update(
+            uuid=uuid, name=name, power_state=None if current == _GONE else current,
+            old_power_state=None if old in (None, _GONE) else old, vm_state=vm_state,
+            cause=cause))
 
     def _sync(self) -> None:
         seen = set()

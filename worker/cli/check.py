@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 
-from worker.broker import connection_for
+from worker.amqp.connection import connection_for
 from worker.config import Config
-from worker.hypervisor import Hypervisor
+from worker.virt.hypervisor import Hypervisor
 
 
 def _dir_writable(path: str) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
-from worker import envelope, signing
+from worker.codec import envelope, signing
 from worker.errors import WorkerError
 
 

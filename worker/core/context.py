@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from worker.config import Config
-from worker.guest import Guest
-from worker.hypervisor import Hypervisor
-from worker.paths import InstancePaths
+from worker.virt.guest import Guest
+from worker.virt.hypervisor import Hypervisor
+from worker.virt.paths import InstancePaths
 
 
 @dataclass
@@ -19,7 +18,6 @@ class Context:
     config: Config
     paths: InstancePaths
     request_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     _guests: dict[str, Guest] = field(default_factory=dict, repr=False)
 
     def guest(self, uuid: str) -> Guest:

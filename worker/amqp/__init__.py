@@ -1,0 +1,1 @@
+"""The AMQP side: the only package that imports kombu or py-amqp."""

@@ -1,0 +1,1 @@
+"""The wire codecs: the oslo envelope, notifications, payloads, signing; pure."""

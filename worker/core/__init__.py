@@ -1,0 +1,1 @@
+"""Dispatch, in-flight records, ordering, journal, state watch; no kombu, libvirt or handlers."""
