@@ -83,7 +83,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tag = uuid.uuid4().hex[:8]
         cfg = bench_config(tmp, virt_type=domain_type, topic=f"benchbuild{tag}")
-        counter = EventCounter(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+        counter = EventCounter(cfg.transport_url, cfg.control_exchange,
+                               cfg.notifications.notification_topic)
         service = Service(cfg)
         service.start()
         try:

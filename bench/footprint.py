@@ -88,11 +88,12 @@ class WorkerProcess:
         self.result: tuple[int | None, float] | None = None
         flags = {"host": cfg.host, "transport-url": cfg.transport_url,
                  "control-exchange": cfg.control_exchange, "topic": cfg.topic,
-                 "notification-topic": cfg.notification_topic, "virt-type": cfg.virt_type,
+                 "notification-topic": cfg.notifications.notification_topic,
+                 "virt-type": cfg.libvirt.virt_type,
                  "instances-path": cfg.instances_path, "state-dir": cfg.state_dir,
                  "log-level": "info"}
-        if cfg.connection_uri:
-            flags["connection-uri"] = cfg.connection_uri
+        if cfg.libvirt.connection_uri:
+            flags["connection-uri"] = cfg.libvirt.connection_uri
         argv = [str(WORKER), "run"] + [a for k, v in flags.items() for a in (f"--{k}", v)]
         up_before = counter.count(lambda k: k == "service.update")
         began = time.perf_counter()
@@ -196,7 +197,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tag = uuid.uuid4().hex[:8]
         cfg = bench_config(f"{tmp}/idle", topic=f"benchfp{tag}")
-        counter = EventCounter(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+        counter = EventCounter(cfg.transport_url, cfg.control_exchange,
+                               cfg.notifications.notification_topic)
         try:
             worker = WorkerProcess(cfg, f"{tmp}/idle.log", counter, started)
             time.sleep(2)  # let the start-up sync and the first heartbeats pass
@@ -215,7 +217,7 @@ def main() -> None:
             uuids = node_xml(node, n, prefix="fp")
             many = bench_config(f"{tmp}/many", topic=f"benchfp{tag}",
                                 control_exchange=cfg.control_exchange,
-                                notification_topic=cfg.notification_topic,
+                                notification_topic=cfg.notifications.notification_topic,
                                 connection_uri=f"test://{node}")
             worker = WorkerProcess(many, f"{tmp}/many.log", counter, started)
             time.sleep(2)

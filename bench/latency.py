@@ -81,12 +81,12 @@ class RawEcho:
             exchange(producer.channel).declare()
 
             def echo(message: Message) -> None:
-                inner = envelope.unwrap(message.body, cfg.max_message_bytes)
+                inner = envelope.unwrap(message.body, cfg.worker.max_message_bytes)
                 action = str(inner["method"]).removesuffix("_instance")
                 event = notifications.notification(
                     event_type=f"instance.{action}.end", payload_name="InstanceActionPayload",
                     data={"uuid": inner["args"]["instance"]["uuid"]},
-                    publisher_id=cfg.event_publisher_id, topic=cfg.notification_topic,
+                    publisher_id=cfg.event_publisher_id, topic=cfg.notifications.notification_topic,
                     source_id=inner["_unique_id"])
                 producer.publish(envelope.wrap(event.message), exchange=exchange,
                                  routing_key=event.routing_key, content_type="application/json",

@@ -189,7 +189,8 @@ def main() -> None:
                            max_concurrent_ops=max(k, 8), soft_reboot_timeout=2,
                            shutdown_timeout=2)
         service: Service | None = None
-        counter = EventCounter(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+        counter = EventCounter(cfg.transport_url, cfg.control_exchange,
+                               cfg.notifications.notification_topic)
         try:
             began = time.perf_counter()
             define_vms(conn, k, domain_type, uuids)

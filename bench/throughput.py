@@ -57,7 +57,7 @@ class Driver:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps({
             "url": cfg.transport_url, "exchange": cfg.control_exchange,
-            "topic": cfg.notification_topic, **job}))
+            "topic": cfg.notifications.notification_topic, **job}))
         self.proc.stdin.close()
         assert json.loads(self.proc.stdout.readline())["ready"]
 
@@ -84,11 +84,11 @@ def raw_loop(cfg: Config, bodies: list[bytes], confirm: bool) -> float:
     """The ceiling: consume, ack, publish start and end events; casts per second."""
     exchange = Exchange(cfg.control_exchange, type="topic", durable=False)
     queue_name = f"raw_{uuid.uuid4().hex}"
-    with Connection(cfg.transport_url, heartbeat=cfg.heartbeat) as consume_conn, \
+    with Connection(cfg.transport_url, heartbeat=cfg.rabbit.heartbeat) as consume_conn, \
             Connection(cfg.transport_url,
                        transport_options={"confirm_publish": confirm}) as publish_conn:
         channel = consume_conn.channel()
-        channel.basic_qos(0, cfg.prefetch_count, False)
+        channel.basic_qos(0, cfg.rabbit.prefetch_count, False)
         queue = Queue(queue_name, exchange, routing_key=queue_name, auto_delete=True)(channel)
         queue.declare()
         producer = Producer(publish_conn.channel())
@@ -110,7 +110,7 @@ def raw_loop(cfg: Config, bodies: list[bytes], confirm: bool) -> float:
                             event_type=f"instance.pause.{phase}",
                             payload_name="InstanceActionPayload",
                             data={"uuid": inner["args"]["instance"]["uuid"]},
-                            publisher_id="raw", topic=cfg.notification_topic,
+                            publisher_id="raw", topic=cfg.notifications.notification_topic,
                             source_id=inner["_unique_id"])
                         producer.publish(envelope.wrap(event.message), exchange=exchange,
                                          routing_key=event.routing_key,

@@ -125,9 +125,9 @@ def build_and_run_instance(ctx: Context, args: Args) -> Result:
             existing.start()
         log.info("build_found_existing_domain", uuid=uuid)
         return existing.describe()
-    domain_type = BUILD_DOMAIN_TYPES.get(ctx.config.virt_type)
+    domain_type = BUILD_DOMAIN_TYPES.get(ctx.config.libvirt.virt_type)
     if domain_type is None:
-        raise NotSupported(f"building instances on virt_type {ctx.config.virt_type} "
+        raise NotSupported(f"building instances on virt_type {ctx.config.libvirt.virt_type} "
                            f"is not supported (only {', '.join(BUILD_DOMAIN_TYPES)})")
     instance = args["instance"]
     directory = ctx.paths.instance_dir(uuid)

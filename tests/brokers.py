@@ -262,7 +262,7 @@ def service_names(cfg: Config, fanout_uniques: Iterable[str]) -> list[str]:
 
 def notification_names(cfg: Config) -> list[str]:
     """The event queues the publisher declares (they keep every event nobody consumes)."""
-    return [f"{cfg.notification_topic}.{p}" for p in PRIORITIES]
+    return [f"{cfg.notifications.notification_topic}.{p}" for p in PRIORITIES]
 
 
 def delete_names(url: str, queues: Iterable[str], exchanges: Iterable[str] = (),

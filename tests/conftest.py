@@ -90,7 +90,8 @@ def cfg(make_config: Callable[..., Config]) -> Config:
 @pytest.fixture
 def tap(cfg: Config) -> Iterator[EventTap]:
     """Every event the worker of this test publishes."""
-    event_tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+    event_tap = EventTap(cfg.transport_url, cfg.control_exchange,
+                         cfg.notifications.notification_topic)
     yield event_tap
     event_tap.close()
 

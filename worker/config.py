@@ -1,4 +1,12 @@
-"""Options: one table drives the INI file, COMPUTE_WORKER_* variables and CLI flags."""
+"""Options in sections, as nova reads them; one table drives INI, COMPUTE_WORKER_* and flags.
+
+Each option lives in one section (``[DEFAULT]``, ``[libvirt]``, ``[oslo_messaging_rabbit]``,
+``[oslo_messaging_notifications]`` or our own ``[compute_worker]``) and is read from there
+into a nested frozen dataclass: ``cfg.host``, ``cfg.libvirt.virt_type``,
+``cfg.rabbit.heartbeat``. Option names are unique across sections, so every option keeps one
+flag (``--heartbeat``) and one variable (``COMPUTE_WORKER_HEARTBEAT``) named after it, and an
+option written flat in ``[DEFAULT]`` or ``[compute_worker]`` (the old layout) still works.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +22,6 @@ from typing import Any
 from worker.errors import ConfigError
 
 ENV_PREFIX = "COMPUTE_WORKER_"
-INI_SECTION = "compute_worker"
 VIRT_TYPES = ("kvm", "qemu", "lxc", "xen", "test")
 # virt_type -> libvirt URI, as the 2011 driver chose them.
 VIRT_URIS = {
@@ -24,6 +31,8 @@ VIRT_URIS = {
     "xen": "xen:///",
     "test": "test:///default",
 }
+#: Sections where any option may stand, as every option could before sections.
+FLAT_SECTIONS = ("DEFAULT", "compute_worker")
 
 
 def _bool(text: str) -> bool:
@@ -40,33 +49,21 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class Config:
-    """Every option the worker reads; defaults are oslo-compatible."""
+class LibvirtOptions:
+    """``[libvirt]``: which hypervisor, and how long a verb waits for it."""
 
-    host: str = _opt(socket.gethostname(), "this host's name: the queue is <topic>.<host>")
-    transport_url: str = _opt(
-        "amqp://guest:guest@localhost:5672//",
-        "broker URL (amqp://, amqps://, or memory:// for the embedded demo)",
-    )
-    control_exchange: str = _opt("nova", "topic exchange that RPC and events use")
-    topic: str = _opt("compute", "RPC topic; the worker consumes <topic>.<host>")
-    shared_queue: bool = _opt(False, "also consume the shared <topic> queue")
     virt_type: str = _opt("kvm", "hypervisor type, picks the libvirt URI", choices=VIRT_TYPES)
     connection_uri: str = _opt("", "libvirt URI; overrides the one virt_type picks")
-    instances_path: str = _opt(
-        "/var/lib/compute-worker/instances", "directory holding <uuid>/ per instance"
+    libvirt_retry_seconds: float = _opt(
+        10.0, "longest wait between retries of a verb waiting for libvirt", minimum=0.1
     )
-    images_path: str = _opt(
-        "/var/lib/compute-worker/images",
-        "base images for builds, one file per image id; the worker only reads them",
-    )
-    state_dir: str = _opt("/var/lib/compute-worker/state", "directory for the journal")
-    max_concurrent_ops: int = _opt(8, "verbs running at once across instances", minimum=1)
-    prefetch_count: int = _opt(64, "unacked messages the broker may hand over", minimum=1)
+
+
+@dataclass(frozen=True)
+class RabbitOptions:
+    """``[oslo_messaging_rabbit]``: queues, heartbeats, confirms and TLS, as oslo names them."""
+
     heartbeat: int = _opt(20, "AMQP heartbeat in seconds (0 turns it off)", minimum=0)
-    confirm_timeout: float = _opt(30.0, "seconds to wait for a publisher confirm", minimum=0.1)
-    notification_topic: str = _opt("versioned_notifications", "events go to <topic>.<priority>")
-    publisher_id: str = _opt("", "publisher_id of events (default compute-worker:<host>)")
     amqp_durable_queues: bool = _opt(
         False, "durable exchange and queues, persistent messages (oslo's option)"
     )
@@ -80,14 +77,58 @@ class Config:
     dead_letter_exchange: str = _opt(
         "", "exchange that rejected messages go to (and a queue of that name keeps them)"
     )
+    prefetch_count: int = _opt(64, "unacked messages the broker may hand over", minimum=1)
+    confirm_timeout: float = _opt(30.0, "seconds to wait for a publisher confirm", minimum=0.1)
+    ssl_ca_file: str = _opt("", "CA bundle to verify the broker's certificate (amqps://)")
+
+
+@dataclass(frozen=True)
+class NotificationOptions:
+    """``[oslo_messaging_notifications]``: where events go and who they say sent them."""
+
+    notification_topic: str = _opt("versioned_notifications", "events go to <topic>.<priority>")
+    publisher_id: str = _opt("", "publisher_id of events (default compute-worker:<host>)")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """``[compute_worker]``: what nova has no option for (journal, signatures, limits)."""
+
+    journal_max_entries: int = _opt(100000, "completed message ids kept", minimum=10)
+    journal_max_age: float = _opt(7 * 86400.0, "seconds a completed id is kept", minimum=60)
+    journal_fsync: bool = _opt(
+        False, "journal survives power loss too (SQLite synchronous=FULL), not only a kill"
+    )
     signing_key_file: str = _opt("", "file with the HMAC-SHA256 key for signed messages")
     require_signature: bool = _opt(False, "reject messages without a valid signature")
     signature_max_age: float = _opt(
         300.0, "seconds a signature stays good (refused older, or dated that far ahead)",
         minimum=1,
     )
-    ssl_ca_file: str = _opt("", "CA bundle to verify the broker's certificate (amqps://)")
     max_message_bytes: int = _opt(1048576, "larger bodies are rejected", minimum=256)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every option the worker reads: ``[DEFAULT]`` here, the other sections nested."""
+
+    host: str = _opt(socket.gethostname(), "this host's name: the queue is <topic>.<host>")
+    transport_url: str = _opt(
+        "amqp://guest:guest@localhost:5672//",
+        "broker URL (amqp://, amqps://, or memory:// for the embedded demo)",
+    )
+    control_exchange: str = _opt("nova", "topic exchange that RPC and events use")
+    topic: str = _opt("compute", "RPC topic; the worker consumes <topic>.<host>")
+    shared_queue: bool = _opt(False, "also consume the shared <topic> queue")
+    instances_path: str = _opt(
+        "/var/lib/compute-worker/instances", "directory holding <uuid>/ per instance"
+    )
+    images_path: str = _opt(
+        "/var/lib/compute-worker/images",
+        "base images for builds, one file per image id; the worker only reads them",
+    )
+    state_dir: str = _opt("/var/lib/compute-worker/state", "directory for the journal")
+    max_concurrent_ops: int = _opt(8, "verbs running at once across instances", minimum=1)
     soft_reboot_timeout: float = _opt(
         120.0, "seconds a SOFT reboot waits for the guest before a hard one", minimum=0
     )
@@ -97,34 +138,67 @@ class Config:
     build_timeout: float = _opt(
         120.0, "seconds a build waits for its new domain to be running", minimum=1
     )
-    journal_max_entries: int = _opt(100000, "completed message ids kept", minimum=10)
-    journal_max_age: float = _opt(7 * 86400.0, "seconds a completed id is kept", minimum=60)
-    journal_fsync: bool = _opt(
-        False, "journal survives power loss too (SQLite synchronous=FULL), not only a kill"
-    )
-    libvirt_retry_seconds: float = _opt(
-        10.0, "longest wait between retries of a verb waiting for libvirt", minimum=0.1
-    )
     log_level: str = _opt(
         "info", "log level", choices=("debug", "info", "warning", "error")
     )
+    libvirt: LibvirtOptions = field(default_factory=LibvirtOptions)
+    rabbit: RabbitOptions = field(default_factory=RabbitOptions)
+    notifications: NotificationOptions = field(default_factory=NotificationOptions)
+    worker: WorkerOptions = field(default_factory=WorkerOptions)
 
     @property
     def libvirt_uri(self) -> str:
         """The URI to open: connection_uri, else the one virt_type picks."""
-        return self.connection_uri or VIRT_URIS[self.virt_type]
+        return self.libvirt.connection_uri or VIRT_URIS[self.libvirt.virt_type]
 
     @property
     def event_publisher_id(self) -> str:
         """publisher_id for events."""
-        return self.publisher_id or f"compute-worker:{self.host}"
+        return self.notifications.publisher_id or f"compute-worker:{self.host}"
 
 
-FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
+#: Config attribute -> (INI section, its dataclass), for every section but [DEFAULT].
+GROUPS: dict[str, tuple[str, type[Any]]] = {
+    "libvirt": ("libvirt", LibvirtOptions),
+    "rabbit": ("oslo_messaging_rabbit", RabbitOptions),
+    "notifications": ("oslo_messaging_notifications", NotificationOptions),
+    "worker": ("compute_worker", WorkerOptions),
+}
 
 
-def _converter(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
-    kind: type = type(f.default)
+@dataclass(frozen=True)
+class Option:
+    """One row of the table: its name, the section it lives in, and its field."""
+
+    name: str
+    section: str
+    #: The Config attribute holding the section, None for [DEFAULT].
+    group: str | None
+    spec: dataclasses.Field[Any]
+
+    @property
+    def default(self) -> Any:
+        """The default value."""
+        return self.spec.default
+
+
+def _table() -> dict[str, Option]:
+    rows = {top.name: Option(top.name, "DEFAULT", None, top)
+            for top in dataclasses.fields(Config) if top.name not in GROUPS}
+    for group, (section, kind) in GROUPS.items():
+        for inner in dataclasses.fields(kind):
+            assert inner.name not in rows, f"option {inner.name} in two sections"
+            rows[inner.name] = Option(inner.name, section, group, inner)
+    return rows
+
+
+#: Every option by name (unique across sections): the one table.
+FIELDS: dict[str, Option] = _table()
+SECTIONS = {"DEFAULT": None, **{section: group for group, (section, _) in GROUPS.items()}}
+
+
+def _converter(row: Option) -> Callable[[str], Any]:
+    kind: type = type(row.default)
     if kind is bool:
         return _bool
     if kind is int:
@@ -135,17 +209,17 @@ def _converter(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
 
 
 def _coerce(name: str, raw: Any) -> Any:
-    f = FIELDS[name]
+    row = FIELDS[name]
     try:
-        value = _converter(f)(raw) if isinstance(raw, str) else raw
+        value = _converter(row)(raw) if isinstance(raw, str) else raw
     except ValueError as exc:
         raise ConfigError(f"option {name}: {exc}") from None
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"option {name}: {raw!r} is not a finite number")
-    choices = f.metadata.get("choices")
+    choices = row.spec.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"option {name}: {value!r} is not one of {', '.join(choices)}")
-    minimum = f.metadata.get("minimum")
+    minimum = row.spec.metadata.get("minimum")
     if minimum is not None and value < minimum:
         raise ConfigError(f"option {name}: {value!r} is below the minimum {minimum}")
     if isinstance(value, str) and "\x00" in value:
@@ -154,7 +228,8 @@ def _coerce(name: str, raw: Any) -> Any:
 
 
 def _from_ini(path: str) -> dict[str, str]:
-    parser = configparser.ConfigParser(interpolation=None)
+    # DEFAULT read as a section of its own: configparser would merge it into every section.
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
     try:
         with open(path, encoding="utf-8") as handle:
             parser.read_file(handle)
@@ -162,12 +237,23 @@ def _from_ini(path: str) -> dict[str, str]:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
     except configparser.Error as exc:
         raise ConfigError(f"config file {path}: {exc.message}") from None
-    values: dict[str, str] = dict(parser.defaults())
-    if parser.has_section(INI_SECTION):
-        values.update({k: v for k, v in parser.items(INI_SECTION)})
-    unknown = sorted(set(values) - set(FIELDS))
+    values: dict[str, str] = {}
+    unknown: list[str] = []
+    # [DEFAULT] first, so that an option's own section wins over it wherever it stands.
+    for section in sorted(parser.sections(), key=lambda name: name != "DEFAULT"):
+        if section not in SECTIONS and section not in FLAT_SECTIONS:
+            continue  # nova's own sections (and others) may share the file
+        for name, value in parser.items(section):
+            row = FIELDS.get(name)
+            if row is None:
+                unknown.append(name)
+                continue
+            if section != row.section and section not in FLAT_SECTIONS:
+                raise ConfigError(f"config file {path}: option {name} belongs in "
+                                  f"[{row.section}], not [{section}]")
+            values[name] = value
     if unknown:
-        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
+        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(sorted(unknown))}")
     return values
 
 
@@ -179,38 +265,62 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def build(values: Mapping[str, Any]) -> Config:
+    """A Config from flat, already coerced option values (name -> value)."""
+    groups: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for name, value in values.items():
+        group = FIELDS[name].group
+        if group is None:
+            top[name] = value
+        else:
+            groups.setdefault(group, {})[name] = value
+    for group, (_, kind) in GROUPS.items():
+        top[group] = kind(**groups.get(group, {}))
+    return Config(**top)
+
+
 def load(
     config_file: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Build a Config: defaults < INI file < environment < explicit overrides."""
+    """Build a Config: defaults < INI file < environment < explicit overrides (flat names)."""
     layered: dict[str, Any] = {}
     if config_file:
         layered.update(_from_ini(config_file))
     layered.update(_from_env(os.environ if environ is None else environ))
+    unknown = sorted(k for k, v in (overrides or {}).items() if k not in FIELDS and v is not None)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
     layered.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    values = {name: _coerce(name, raw) for name, raw in layered.items()}
-    config = Config(**values)
-    if config.queue_type == "quorum" and not config.amqp_durable_queues:
+    config = build({name: _coerce(name, raw) for name, raw in layered.items()})
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    """The rules between options."""
+    rabbit, worker = config.rabbit, config.worker
+    if rabbit.queue_type == "quorum" and not rabbit.amqp_durable_queues:
         raise ConfigError("option queue_type: quorum queues are durable; "
                           "set amqp_durable_queues (--durable-queues) too")
-    if config.require_signature and not config.signing_key_file:
+    if worker.require_signature and not worker.signing_key_file:
         raise ConfigError("option require_signature: needs signing_key_file")
-    if config.signature_max_age >= config.journal_max_age:
+    if worker.signature_max_age >= worker.journal_max_age:
         # Past the journal's memory a replay inside the window would run again.
         raise ConfigError("option signature_max_age: must be shorter than journal_max_age "
-                          f"({config.journal_max_age:g}s)")
+                          f"({worker.journal_max_age:g}s)")
     if not config.host or any(c in config.host for c in "#* \t"):
         raise ConfigError(f"option host: {config.host!r} cannot be used in a routing key")
     # Exchange names, queue names and routing keys are AMQP short strings: at
     # most 255 bytes, or every publish and declare on them fails.
+    topic = config.notifications.notification_topic
     for option, name in (("control_exchange", config.control_exchange),
                          ("topic", f"{config.topic}_fanout_{'0' * 32}"),
                          ("host", f"{config.topic}.{config.host}"),
-                         ("notification_topic", f"{config.notification_topic}.error"),
-                         ("dead_letter_exchange", config.dead_letter_exchange)):
+                         ("notification_topic", f"{topic}.error"),
+                         ("dead_letter_exchange", rabbit.dead_letter_exchange)):
         if len(name.encode("utf-8")) > 255:
             raise ConfigError(f"option {option}: makes the AMQP name {name[:40]!r}... longer "
                               "than 255 bytes")
-    return config

@@ -41,11 +41,11 @@ class Service:
                                      on_lifecycle=self._lifecycle)
         # A signed message may be replayed within signature_max_age: its id
         # must still be known then, however many others came since.
-        self.journal = Journal(cfg.state_dir, max_entries=cfg.journal_max_entries,
-                               max_age=cfg.journal_max_age, fsync=cfg.journal_fsync,
-                               keep_younger_than=cfg.signature_max_age
-                               if cfg.signing_key_file else 0.0)
-        key = signing.load_key(cfg.signing_key_file) if cfg.signing_key_file else None
+        self.journal = Journal(cfg.state_dir, max_entries=cfg.worker.journal_max_entries,
+                               max_age=cfg.worker.journal_max_age, fsync=cfg.worker.journal_fsync,
+                               keep_younger_than=cfg.worker.signature_max_age
+                               if cfg.worker.signing_key_file else 0.0)
+        key = signing.load_key(cfg.worker.signing_key_file) if cfg.worker.signing_key_file else None
         self.publisher = Publisher(cfg, signing_key=key, on_blocked=self._broker_blocked)
         self.answers = Answers(cfg, __version__)
         # Verbs wait in their instance's line; queries run beside them, in a

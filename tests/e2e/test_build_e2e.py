@@ -27,7 +27,7 @@ def build_cfg(make_config: Callable[..., Config], domain_type: str) -> Config:
 @pytest.fixture
 def builder(build_cfg: Config, qemu: libvirt.virConnect) -> Iterator[tuple[Service, EventTap]]:
     tap = EventTap(build_cfg.transport_url, build_cfg.control_exchange,
-                   build_cfg.notification_topic)
+                   build_cfg.notifications.notification_topic)
     service = Service(build_cfg)
     service.start()
     yield service, tap

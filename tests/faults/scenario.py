@@ -77,7 +77,7 @@ class Scenario:
                 conn.ensure_connection(max_retries=3, timeout=5)
                 host_queue(self.cfg)(conn.channel()).declare()
             self.tap = ResilientTap(self.url, self.cfg.control_exchange,
-                                    self.cfg.notification_topic, durable=self.durable)
+                                    self.cfg.notifications.notification_topic, durable=self.durable)
             self.caster = Caster(self.url, self.cfg.control_exchange,
                                  f"{self.cfg.topic}.{self.cfg.host}", durable=self.durable)
             self.worker.start()

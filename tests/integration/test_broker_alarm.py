@@ -79,7 +79,7 @@ def test_memory_alarm_longer_than_the_confirm_timeout_loses_and_repeats_nothing(
     cfg = make_config(transport_url=alarm_broker.url, confirm_timeout=3.0)
     uids = domains(DOMAINS)
     plan = _cast_all(cfg, uids)
-    tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+    tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notifications.notification_topic)
     service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
     wanted = {notifications.message_id(u, f"instance.{a}.end", cfg.event_publisher_id): (u, uid)
               for u, a, uid in plan}

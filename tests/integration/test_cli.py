@@ -22,7 +22,7 @@ TEST_DOMAIN = "6695eb01-f6a4-8304-79aa-97f2502e193f"  # test:///default's own do
 
 def _client_flags(cfg: Config) -> list[str]:
     return ["--transport-url", cfg.transport_url, "--control-exchange", cfg.control_exchange,
-            "--notification-topic", cfg.notification_topic]
+            "--notification-topic", cfg.notifications.notification_topic]
 
 
 def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -37,7 +37,7 @@ def config_file(cfg: Config, tmp_path: Path) -> Path:
         "[compute_worker]\n"
         f"host = {cfg.host}\ntransport_url = {cfg.transport_url}\n"
         f"control_exchange = {cfg.control_exchange}\n"
-        f"notification_topic = {cfg.notification_topic}\nvirt_type = test\n"
+        f"notification_topic = {cfg.notifications.notification_topic}\nvirt_type = test\n"
         f"instances_path = {cfg.instances_path}\nstate_dir = {cfg.state_dir}\n")
     return path
 

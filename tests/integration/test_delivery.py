@@ -142,7 +142,7 @@ def test_events_wait_in_the_default_queue_for_late_consumers(
     tap.wait_type(uid, "instance.pause.end")
     with Connection(cfg.transport_url) as conn:
         channel = conn.channel()
-        queue = Queue(f"{cfg.notification_topic}.info", channel=channel)
+        queue = Queue(f"{cfg.notifications.notification_topic}.info", channel=channel)
         kept = []
         while (message := queue.get(no_ack=True)) is not None:
             kept.append(envelope.unwrap(message.body, 1 << 20))

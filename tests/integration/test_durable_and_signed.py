@@ -25,7 +25,7 @@ def _cast(cfg: Config, method: str, args: dict[str, object],
     body = body or envelope.wrap({"method": method, "args": args, "version": "1.0",
                                   "_unique_id": uuid.uuid4().hex})
     with Connection(cfg.transport_url) as conn:
-        ex = Exchange(cfg.control_exchange, type="topic", durable=cfg.amqp_durable_queues)
+        ex = Exchange(cfg.control_exchange, type="topic", durable=cfg.rabbit.amqp_durable_queues)
         Producer(conn.channel()).publish(
             body, exchange=ex, routing_key=f"{cfg.topic}.{host or cfg.host}", headers=headers,
             content_type="application/json", content_encoding="utf-8", delivery_mode=2)
@@ -41,10 +41,11 @@ def durable_cfg(make_config: Callable[..., Config]) -> Iterator[Config]:
     yield cfg
     with Connection(cfg.transport_url) as conn:
         channel = conn.channel()
-        for name in (host_queue(cfg).name, cfg.dead_letter_exchange,
-                     f"{cfg.notification_topic}.info", f"{cfg.notification_topic}.error"):
+        for name in (host_queue(cfg).name, cfg.rabbit.dead_letter_exchange,
+                     f"{cfg.notifications.notification_topic}.info",
+                     f"{cfg.notifications.notification_topic}.error"):
             channel.queue_delete(name)
-        for name in (cfg.control_exchange, cfg.dead_letter_exchange):
+        for name in (cfg.control_exchange, cfg.rabbit.dead_letter_exchange):
             channel.exchange_delete(name)
 
 
@@ -52,7 +53,7 @@ def test_quorum_queue_serves_and_dead_letters_rejects(
         durable_cfg: Config, domains: Callable[[int], list[str]]) -> None:
     """With durable queues a quorum host queue serves casts; rejects land in the DLX queue."""
     cfg = durable_cfg
-    tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic,
+    tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notifications.notification_topic,
                    durable=True)
     service = Service(cfg, retry_sleep=lambda _s: None)
     service.start()
@@ -66,7 +67,7 @@ def test_quorum_queue_serves_and_dead_letters_rejects(
         with Connection(cfg.transport_url) as conn:
             channel = conn.channel()
             deadline = time.monotonic() + 10
-            while (dead := Queue(cfg.dead_letter_exchange, channel=channel).get(
+            while (dead := Queue(cfg.rabbit.dead_letter_exchange, channel=channel).get(
                     no_ack=True)) is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             args = channel.queue_declare(host_queue(cfg).name, passive=True)
@@ -112,7 +113,7 @@ def signed_worker(make_config: Callable[..., Config], key_file: Path
                   ) -> Iterator[tuple[Config, bytes, EventTap, Service]]:
     """A worker that requires signatures, its key and a tap on its events."""
     cfg = make_config(signing_key_file=str(key_file), require_signature=True)
-    tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+    tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notifications.notification_topic)
     service = Service(cfg, retry_sleep=lambda _s: None)
     service.start()
     yield cfg, signing.load_key(str(key_file)), tap, service
@@ -143,7 +144,7 @@ def test_captured_signed_messages_cannot_be_replayed(
     cfg, key, tap, service = signed_worker
     (uid,) = domains(1)
     args = {"instance": {"uuid": uid}}
-    _signed_cast(cfg, key, args, age=cfg.signature_max_age + 60)  # replayed after the window
+    _signed_cast(cfg, key, args, age=cfg.worker.signature_max_age + 60)  # replayed after the window
     _signed_cast(cfg, key, args, signed_for="another-host")
     _signed_cast(cfg, key, args, unique_id=None)
     reasons = _reject_reasons(tap, 3)
@@ -170,7 +171,7 @@ def test_the_worker_signs_what_it_publishes(
     cfg, key, _tap, _service = signed_worker
     (uid,) = domains(1)
     with Connection(cfg.transport_url) as conn:
-        queue = Queue(f"{cfg.notification_topic}.info", channel=conn.channel())
+        queue = Queue(f"{cfg.notifications.notification_topic}.info", channel=conn.channel())
         _signed_cast(cfg, key, {"instance": {"uuid": uid}})
         deadline = time.monotonic() + 10
         while (message := queue.get(no_ack=True)) is None and time.monotonic() < deadline:
@@ -178,5 +179,6 @@ def test_the_worker_signs_what_it_publishes(
         assert message is not None
         body = message.body if isinstance(message.body, bytes) else message.body.encode()
         assert signing.verify(key, body, message.headers, exchange=cfg.control_exchange,
-                              routing_key=f"{cfg.notification_topic}.info", max_age=60,
+                              routing_key=f"{cfg.notifications.notification_topic}.info",
+                              max_age=60,
                               required=True)

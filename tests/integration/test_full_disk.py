@@ -35,7 +35,8 @@ def test_a_full_state_dir_pauses_the_worker_and_every_cast_still_ends_once(
     """
     with small_disk(tmp_path / "state") as state:
         cfg = make_config(state_dir=str(state))
-        tap = EventTap(cfg.transport_url, cfg.control_exchange, cfg.notification_topic)
+        tap = EventTap(cfg.transport_url, cfg.control_exchange,
+                       cfg.notifications.notification_topic)
         service = Service(cfg, retry_sleep=lambda _s: None, sync_interval=0.5)
         service.start()
         try:

@@ -49,7 +49,8 @@ def test_late_acks_of_a_given_up_connection_complete_nothing_twice(
         relay.hold()
         futures: list[Future[None]] = []
         for number in range(MESSAGES):
-            future = publisher.send(Outgoing(cfg.control_exchange, f"{cfg.notification_topic}.info",
+            future = publisher.send(Outgoing(cfg.control_exchange,
+                                             f"{cfg.notifications.notification_topic}.info",
                                              f'{{"n": {number}}}'.encode()))
             future.add_done_callback(lambda _f, n=number: calls.update([n]))
             futures.append(future)
@@ -61,7 +62,7 @@ def test_late_acks_of_a_given_up_connection_complete_nothing_twice(
         time.sleep(2.0)  # a second completion, or the reconnect loop it caused, shows by now
         publisher.stop(5)
     lost = [e["error"] for e in logs if e["event"] == "publisher_connection_lost"]
-    assert [f"ConnectionError: no confirm within {cfg.confirm_timeout}s"] == lost
+    assert [f"ConnectionError: no confirm within {cfg.rabbit.confirm_timeout}s"] == lost
     assert 2 == relay.connections
     assert [None] * MESSAGES == [f.result(0) for f in futures]
     assert {n: 1 for n in range(MESSAGES)} == dict(calls)

@@ -91,7 +91,7 @@ def test_worker_serves_over_tls_with_a_ca_file(
     service = Service(cfg, retry_sleep=lambda _s: None)
     service.start()
     # The test's own clients use plain AMQP on the same node: the worker's side is what is tested.
-    tap = EventTap(tls_broker.url, cfg.control_exchange, cfg.notification_topic)
+    tap = EventTap(tls_broker.url, cfg.control_exchange, cfg.notifications.notification_topic)
     try:
         (uid,) = domains(1)
         with Connection(tls_broker.url) as conn:

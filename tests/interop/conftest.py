@@ -28,7 +28,8 @@ def _delete_names(service: Service) -> None:
     """Remove the queues and exchange a test's worker and listener declared on the broker."""
     cfg = service.cfg
     queues = [f"{cfg.topic}.{cfg.host}", f"{cfg.topic}_fanout_{service.consumer.fanout_unique}",
-              f"{cfg.notification_topic}.info", f"{cfg.notification_topic}.error"]
+              f"{cfg.notifications.notification_topic}.info",
+              f"{cfg.notifications.notification_topic}.error"]
     if cfg.shared_queue:
         queues.append(cfg.topic)
     with Connection(cfg.transport_url, connect_timeout=5) as conn:

@@ -142,7 +142,8 @@ def notification_listener(cfg: Config, recorder: Recorder,
     """oslo's notification listener on cfg's topic and exchange, stopped cleanly on exit."""
     transport = oslo_messaging.get_notification_transport(oslo_conf(cfg, **rabbit),
                                                           url=oslo_url(cfg))
-    target = oslo_messaging.Target(topic=cfg.notification_topic, exchange=cfg.control_exchange)
+    target = oslo_messaging.Target(topic=cfg.notifications.notification_topic,
+                                   exchange=cfg.control_exchange)
     listener = oslo_messaging.get_notification_listener(transport, [target], [recorder],
                                                         executor="threading")
     try:

@@ -45,7 +45,7 @@ def _unwrap(message: Message) -> tuple[dict[str, Any], dict[str, Any]]:
 def events(cfg: Config, worker: Service) -> Iterator[RawQueue]:
     """Every event the worker publishes, as raw AMQP messages."""
     queue = RawQueue(cfg.transport_url, exchange=control_exchange(cfg),
-                     routing_key=f"{cfg.notification_topic}.*")
+                     routing_key=f"{cfg.notifications.notification_topic}.*")
     yield queue
     queue.close()
 
@@ -148,7 +148,7 @@ def test_captured_fanout_cast_is_consumed_and_answered_with_a_reject_event(
     private = make_config(topic=f"compute_{uuid.uuid4().hex[:10]}")
     start_worker(private)
     queue = RawQueue(private.transport_url, exchange=control_exchange(private),
-                     routing_key=f"{private.notification_topic}.error")
+                     routing_key=f"{private.notifications.notification_topic}.error")
     try:
         body = SAMPLES["fanout_cast"]["body"]
         publish_raw(private, body, fanout_exchange(private), "")

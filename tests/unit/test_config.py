@@ -26,9 +26,9 @@ def test_defaults_are_oslo_compatible() -> None:
 
     assert Config() == cfg
     assert ("nova", "compute", "versioned_notifications") == (
-        cfg.control_exchange, cfg.topic, cfg.notification_topic)
-    assert ("kvm", "qemu:///system") == (cfg.virt_type, cfg.libvirt_uri)
-    assert cfg.amqp_durable_queues is False
+        cfg.control_exchange, cfg.topic, cfg.notifications.notification_topic)
+    assert ("kvm", "qemu:///system") == (cfg.libvirt.virt_type, cfg.libvirt_uri)
+    assert cfg.rabbit.amqp_durable_queues is False
     assert cfg.shared_queue is False
     assert socket.gethostname() == cfg.host
     assert f"compute-worker:{socket.gethostname()}" == cfg.event_publisher_id
@@ -57,14 +57,65 @@ confirm_timeout = 2.5
     cfg = config.load(path, environ={})
 
     assert (7, "from-section", True, 2.5) == (
-        cfg.heartbeat, cfg.topic, cfg.shared_queue, cfg.confirm_timeout)
+        cfg.rabbit.heartbeat, cfg.topic, cfg.shared_queue, cfg.rabbit.confirm_timeout)
 
 
-def test_other_ini_sections_are_ignored(tmp_path: Path) -> None:
-    """A section that is not ours (e.g. [libvirt]) does not set our options."""
-    path = write_ini(tmp_path, "[libvirt]\nvirt_type = xen\n")
+def test_options_are_read_from_their_sections_as_nova_lays_them_out(tmp_path: Path) -> None:
+    """[DEFAULT], [libvirt], [oslo_messaging_rabbit], [oslo_messaging_notifications] and ours."""
+    path = write_ini(tmp_path, """
+[DEFAULT]
+host = h1
+transport_url = amqp://u:p@b1:5672//
 
-    assert "kvm" == config.load(path, environ={}).virt_type
+[libvirt]
+virt_type = qemu
+
+[oslo_messaging_rabbit]
+heartbeat = 7
+amqp_durable_queues = true
+
+[oslo_messaging_notifications]
+notification_topic = notes
+
+[compute_worker]
+journal_fsync = true
+
+[vnc]
+server_listen = 127.0.0.1
+""")
+
+    cfg = config.load(path, environ={})
+
+    assert ("h1", "qemu", 7, True, "notes", True) == (
+        cfg.host, cfg.libvirt.virt_type, cfg.rabbit.heartbeat, cfg.rabbit.amqp_durable_queues,
+        cfg.notifications.notification_topic, cfg.worker.journal_fsync)
+
+
+def test_an_option_in_another_options_section_is_refused_naming_the_right_one(
+        tmp_path: Path) -> None:
+    """heartbeat under [libvirt] is a mistake worth one clear line, not a silent default."""
+    path = write_ini(tmp_path, "[libvirt]\nheartbeat = 5\n")
+
+    with pytest.raises(ConfigError, match=r"heartbeat belongs in \[oslo_messaging_rabbit\]"):
+        config.load(path, environ={})
+
+
+def test_flags_and_variables_keep_the_flat_option_names() -> None:
+    """--soft-reboot-timeout and COMPUTE_WORKER_HEARTBEAT, whatever section holds them."""
+    cfg = config.load(None, {"virt_type": "test", "notification_topic": "n"},
+                      environ={"COMPUTE_WORKER_HEARTBEAT": "9"})
+
+    assert ("test", "n", 9) == (cfg.libvirt.virt_type, cfg.notifications.notification_topic,
+                                cfg.rabbit.heartbeat)
+
+
+def test_every_option_has_one_section_and_a_help_text() -> None:
+    """The one table: each option in exactly one section, each with help for --help."""
+    sections = {row.section for row in config.FIELDS.values()}
+
+    assert {"DEFAULT", "libvirt", "oslo_messaging_rabbit", "oslo_messaging_notifications",
+            "compute_worker"} == sections
+    assert all(row.spec.metadata.get("help") for row in config.FIELDS.values())
 
 
 def test_environment_overrides_ini(tmp_path: Path) -> None:
@@ -73,7 +124,7 @@ def test_environment_overrides_ini(tmp_path: Path) -> None:
 
     cfg = config.load(path, environ={"COMPUTE_WORKER_HEARTBEAT": "11"})
 
-    assert (11, "ini") == (cfg.heartbeat, cfg.topic)
+    assert (11, "ini") == (cfg.rabbit.heartbeat, cfg.topic)
 
 
 def test_explicit_overrides_beat_environment_and_none_is_ignored(tmp_path: Path) -> None:
@@ -83,7 +134,7 @@ def test_explicit_overrides_beat_environment_and_none_is_ignored(tmp_path: Path)
 
     cfg = config.load(path, {"heartbeat": "13", "topic": None}, environ=environ)
 
-    assert (13, "env") == (cfg.heartbeat, cfg.topic)
+    assert (13, "env") == (cfg.rabbit.heartbeat, cfg.topic)
 
 
 def test_unrelated_environment_variables_are_ignored() -> None:
@@ -101,7 +152,7 @@ def test_unrelated_environment_variables_are_ignored() -> None:
 def test_booleans_accept_the_usual_spellings(text: str, expected: bool) -> None:
     """Boolean options take 1/0, true/false, yes/no, on/off in any case."""
     assert expected is config.load(environ={"COMPUTE_WORKER_AMQP_DURABLE_QUEUES": text}
-                                   ).amqp_durable_queues
+                                   ).rabbit.amqp_durable_queues
 
 
 @pytest.mark.parametrize(("environ", "message"), [

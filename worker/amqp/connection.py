@@ -35,11 +35,11 @@ def connection_for(cfg: Config, *, confirm: bool = False, on_blocked: Blocked | 
         # The in-memory transport polls; keep its latency low for the demo.
         options = {"polling_interval": 0.005}
     tls: Any = None
-    if cfg.ssl_ca_file:
-        tls = {"ca_certs": cfg.ssl_ca_file, "cert_reqs": ssl.CERT_REQUIRED}
+    if cfg.rabbit.ssl_ca_file:
+        tls = {"ca_certs": cfg.rabbit.ssl_ca_file, "cert_reqs": ssl.CERT_REQUIRED}
     elif cfg.transport_url.startswith("amqps://"):
         tls = True  # the system's CA store
-    return Connection(cfg.transport_url, heartbeat=cfg.heartbeat, transport_options=options,
+    return Connection(cfg.transport_url, heartbeat=cfg.rabbit.heartbeat, transport_options=options,
                       connect_timeout=10, ssl=tls)
 
 

@@ -74,7 +74,7 @@ class Consumer:
 
     def _serve(self, conn: Any) -> None:
         channel = conn.channel()
-        channel.basic_qos(0, self.cfg.prefetch_count, False)
+        channel.basic_qos(0, self.cfg.rabbit.prefetch_count, False)
         for extra in declared_only(self.cfg):
             extra(channel).declare()
         queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
@@ -90,7 +90,7 @@ class Consumer:
             self._consume(consumer)
         self.connected.set()
         log.info("consumer_connected", url=conn.as_uri(), queues=[q.name for q in queues],
-                 prefetch=self.cfg.prefetch_count)
+                 prefetch=self.cfg.rabbit.prefetch_count)
         try:
             self._loop(conn, consumer, consuming)
         finally:

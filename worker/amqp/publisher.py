@@ -322,8 +322,8 @@ class Publisher:
             if unconfirmed is not None:
                 oldest = unconfirmed.oldest()
                 if (oldest is not None
-                        and self._block.clock() - oldest > self.cfg.confirm_timeout):
-                    raise ConnectionError(f"no confirm within {self.cfg.confirm_timeout}s")
+                        and self._block.clock() - oldest > self.cfg.rabbit.confirm_timeout):
+                    raise ConnectionError(f"no confirm within {self.cfg.rabbit.confirm_timeout}s")
 
     def _wait(self, conn: Connection, reader: FrameReader | None, sock: socket.socket | None,
               wait: float, owed: bool) -> None:

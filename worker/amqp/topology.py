@@ -18,7 +18,7 @@ def control_exchange(cfg: Config) -> Exchange:
     """The topic exchange RPC and events share (``nova`` by default)."""
     # RabbitMQ refuses a re-declare with other flags (406), so these must be
     # exactly oslo's: durable only with amqp_durable_queues, never auto-delete.
-    return Exchange(cfg.control_exchange, type="topic", durable=cfg.amqp_durable_queues,
+    return Exchange(cfg.control_exchange, type="topic", durable=cfg.rabbit.amqp_durable_queues,
                     auto_delete=False)
 
 
@@ -27,11 +27,11 @@ def rpc_queue_arguments(cfg: Config) -> dict[str, Any]:
     # A queue re-declared with other arguments is refused (406): changing
     # these on a live deployment means deleting the queue first.
     args: dict[str, Any] = {}
-    if cfg.queue_type == "quorum":
+    if cfg.rabbit.queue_type == "quorum":
         args["x-queue-type"] = "quorum"
-        args["x-delivery-limit"] = cfg.quorum_delivery_limit
-    if cfg.dead_letter_exchange:
-        args["x-dead-letter-exchange"] = cfg.dead_letter_exchange
+        args["x-delivery-limit"] = cfg.rabbit.quorum_delivery_limit
+    if cfg.rabbit.dead_letter_exchange:
+        args["x-dead-letter-exchange"] = cfg.rabbit.dead_letter_exchange
     return args
 
 
@@ -55,23 +55,24 @@ def host_queue(cfg: Config) -> Queue:
     """
     name = f"{cfg.topic}.{cfg.host}"
     return ExclusiveQueue(name, control_exchange(cfg), routing_key=name,
-                          durable=cfg.amqp_durable_queues, auto_delete=False,
+                          durable=cfg.rabbit.amqp_durable_queues, auto_delete=False,
                           queue_arguments=rpc_queue_arguments(cfg) or None)
 
 
 def shared_queue(cfg: Config) -> Queue:
     """``<topic>``: shared by every worker of the topic (off unless asked for)."""
     return Queue(cfg.topic, control_exchange(cfg), routing_key=cfg.topic,
-                 durable=cfg.amqp_durable_queues, auto_delete=False,
+                 durable=cfg.rabbit.amqp_durable_queues, auto_delete=False,
                  queue_arguments=rpc_queue_arguments(cfg) or None)
 
 
 def dead_letter_queue(cfg: Config) -> Queue | None:
     """The queue that keeps rejected messages, when a dead-letter exchange is set."""
-    if not cfg.dead_letter_exchange:
+    if not cfg.rabbit.dead_letter_exchange:
         return None
-    exchange = Exchange(cfg.dead_letter_exchange, type="fanout", durable=True, auto_delete=False)
-    return Queue(cfg.dead_letter_exchange, exchange, durable=True, auto_delete=False)
+    exchange = Exchange(cfg.rabbit.dead_letter_exchange, type="fanout", durable=True,
+                        auto_delete=False)
+    return Queue(cfg.rabbit.dead_letter_exchange, exchange, durable=True, auto_delete=False)
 
 
 def fanout_exchange(cfg: Config) -> Exchange:
@@ -103,8 +104,9 @@ def declared_only(cfg: Config) -> list[Queue]:
 def notification_queues(cfg: Config) -> list[Queue]:
     """``<notification_topic>.<priority>``, declared so early events are kept (as oslo does)."""
     return [
-        Queue(f"{cfg.notification_topic}.{p}", control_exchange(cfg),
-              routing_key=f"{cfg.notification_topic}.{p}", durable=cfg.amqp_durable_queues,
+        Queue(f"{cfg.notifications.notification_topic}.{p}", control_exchange(cfg),
+              routing_key=f"{cfg.notifications.notification_topic}.{p}",
+              durable=cfg.rabbit.amqp_durable_queues,
               auto_delete=False)
         for p in PRIORITIES
     ]

@@ -21,21 +21,26 @@ CLIENT_OPTIONS = ("transport_url", "control_exchange", "topic", "amqp_durable_qu
 
 def _add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     parser.add_argument("--config", metavar="FILE",
-                        help="INI file; options in [DEFAULT] or [compute_worker]")
+                        help="INI file; each option in its [section] as --help groups them "
+                             "(any option may also stand in [DEFAULT] or [compute_worker])")
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for name in names:
-        f = FIELDS[name]
+        row = FIELDS[name]
+        group = groups.get(row.section)
+        if group is None:
+            group = groups[row.section] = parser.add_argument_group(f"[{row.section}]")
         flag = "--" + name.replace("_", "-")
         extra: dict[str, Any] = {"dest": name, "default": None}
-        if isinstance(f.default, bool):
+        if isinstance(row.default, bool):
             extra["action"] = argparse.BooleanOptionalAction
         else:
             extra["metavar"] = name.upper()
-        choices = f.metadata.get("choices")
-        text = f.metadata["help"] + (f" ({'|'.join(choices)})" if choices else "")
-        parser.add_argument(flag, help=f"{text}; default {f.default!r}", **extra)
+        choices = row.spec.metadata.get("choices")
+        text = row.spec.metadata["help"] + (f" ({'|'.join(choices)})" if choices else "")
+        group.add_argument(flag, help=f"{text}; default {row.default!r}", **extra)
         if name == "amqp_durable_queues":
-            parser.add_argument("--durable-queues", dest=name, default=None,
-                                action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS)
+            group.add_argument("--durable-queues", dest=name, default=None,
+                               action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,8 +103,8 @@ def _client(ns: argparse.Namespace, cfg: Config) -> int:
         conn.ensure_connection(max_retries=3)
         if ns.command == "events":
             for event in tail_events(conn, exchange=cfg.control_exchange,
-                                     topic=cfg.notification_topic,
-                                     durable=cfg.amqp_durable_queues, timeout=ns.timeout):
+                                     topic=cfg.notifications.notification_topic,
+                                     durable=cfg.rabbit.amqp_durable_queues, timeout=ns.timeout):
                 print(json.dumps(event), flush=True)
             return 0
         try:
@@ -110,9 +115,9 @@ def _client(ns: argparse.Namespace, cfg: Config) -> int:
             raise ConfigError("--args must be a JSON object")
         from worker.codec.signing import load_key
 
-        key = load_key(cfg.signing_key_file) if cfg.signing_key_file else None
+        key = load_key(cfg.worker.signing_key_file) if cfg.worker.signing_key_file else None
         client = RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic,
-                           durable=cfg.amqp_durable_queues, signing_key=key)
+                           durable=cfg.rabbit.amqp_durable_queues, signing_key=key)
         if ns.command == "cast":
             sent = client.cast(ns.target_host, ns.method, args, version=ns.rpc_version)
             print(json.dumps({"cast": ns.method, "_unique_id": sent["_unique_id"]}))

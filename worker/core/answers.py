@@ -27,7 +27,8 @@ class Answers:
         """One notification on the control exchange; source_id fixes its message_id."""
         event = notifications.notification(
             event_type=event_type, payload_name=payload_name, data=data,
-            publisher_id=self.cfg.event_publisher_id, topic=self.cfg.notification_topic,
+            publisher_id=self.cfg.event_publisher_id,
+            topic=self.cfg.notifications.notification_topic,
             error=error, source_id=source_id)
         return Outgoing(self.cfg.control_exchange, event.routing_key,
                         envelope.wrap(event.message))

@@ -95,7 +95,7 @@ class Dispatcher:
         """Accept one delivery: decode it and queue it behind its instance's earlier ones."""
         try:
             signed = self._signing_key is not None and self._check_signature(delivery)
-            req = envelope.decode_request(delivery.body, self.cfg.max_message_bytes)
+            req = envelope.decode_request(delivery.body, self.cfg.worker.max_message_bytes)
             if signed and req.unique_id is None:
                 # Without an id the journal cannot tell a replay from the original.
                 self.bad_signatures += 1
@@ -132,8 +132,8 @@ class Dispatcher:
         try:
             return signing.verify(self._signing_key, delivery.body, delivery.headers,
                                   exchange=delivery.exchange, routing_key=delivery.routing_key,
-                                  max_age=self.cfg.signature_max_age,
-                                  required=self.cfg.require_signature)
+                                  max_age=self.cfg.worker.signature_max_age,
+                                  required=self.cfg.worker.require_signature)
         except BadSignature:
             self.bad_signatures += 1
             raise
@@ -243,7 +243,8 @@ class Dispatcher:
                 # Wait for libvirt here, holding this instance's place in line;
                 # only a stop gives up (and then every later verb of the
                 # instance goes back to the queue too, in order).
-                policy = libvirt_policy(lambda: self.draining, self.cfg.libvirt_retry_seconds,
+                policy = libvirt_policy(lambda: self.draining,
+                                        self.cfg.libvirt.libvirt_retry_seconds,
                                         **({"sleep": self._retry_sleep} if self._retry_sleep
                                            else {}))
                 # A fresh Context each try: the domains ctx looked up belong to
