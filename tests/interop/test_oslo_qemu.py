@@ -154,10 +154,30 @@ def test_captured_monitored_call_gets_oslo_shaped_heartbeats(
 def test_call_queued_behind_a_slow_verb_outlasts_call_monitor_timeout(
         worker: Service, client: oslo_messaging.RPCClient, listener: Recorder,
         qemu_domains: Callable[[int], list[str]]) -> None:
-    """A monitored call queued behind a slow cast on its instance still returns, as with oslo."""
+    """A monitored verb called behind a slow cast on its instance waits its turn and returns."""
     (uid,) = qemu_domains(1)
     client.cast(_ctxt(), "stop_instance", instance={"uuid": uid}, clean_shutdown=True, timeout=2)
     listener.wait_type(uid, "instance.power_off.start")
-    info = client.prepare(timeout=30, call_monitor_timeout=1).call(
-        _ctxt(), "get_instance_info", instance={"uuid": uid})
-    assert ("shutdown", "stopped") == (info["power_state"], info["vm_state"])
+    began = time.monotonic()
+    result = client.prepare(timeout=30, call_monitor_timeout=1).call(
+        _ctxt(), "start_instance", instance={"uuid": uid})
+    assert ("running", "active") == (result["power_state"], result["vm_state"])
+    assert time.monotonic() - began > 1.0  # it did wait behind the 2 s clean stop
+    assert listener.of(uid, "instance.power_off.end")  # which ended first
+
+
+def test_a_query_answers_while_a_slow_verb_runs_on_its_instance(
+        worker: Service, client: oslo_messaging.RPCClient, listener: Recorder,
+        qemu_domains: Callable[[int], list[str]]) -> None:
+    """get_instance_info is not ordered: it answers during a 2 s clean stop, not after it."""
+    (uid,) = qemu_domains(1)
+    client.cast(_ctxt(), "stop_instance", instance={"uuid": uid}, clean_shutdown=True, timeout=2)
+    listener.wait_type(uid, "instance.power_off.start")
+    began = time.monotonic()
+    info = client.prepare(timeout=10).call(_ctxt(), "get_instance_info", instance={"uuid": uid})
+    took = time.monotonic() - began
+
+    assert ("running", "active") == (info["power_state"], info["vm_state"])
+    assert took < 1.0, took
+    assert [] == listener.of(uid, "instance.power_off.end")  # the stop is still running
+    listener.wait_type(uid, "instance.power_off.end")
