@@ -13,7 +13,7 @@ from kombu import Connection, Producer
 from structlog.testing import capture_logs
 
 from tests.brokers import PrivateBroker, wait_until
-from tests.helpers import Event, EventTap
+from tests.taps import Event, EventTap
 from worker.amqp.topology import control_exchange, host_queue
 from worker.codec import envelope, notifications
 from worker.config import Config

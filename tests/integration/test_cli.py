@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import EventTap, check_event
+from tests.helpers import check_event
+from tests.taps import EventTap
 from worker.config import Config
 
 pytestmark = pytest.mark.integration

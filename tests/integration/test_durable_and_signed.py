@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
-from tests.helpers import EventTap
+from tests.taps import EventTap
 from worker.amqp.topology import host_queue
 from worker.codec import envelope, signing
 from worker.config import Config

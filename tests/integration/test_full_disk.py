@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from tests.helpers import EventTap, check_event, fill, small_disk
+from tests.helpers import check_event, fill, small_disk
+from tests.taps import EventTap
 from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import libvirt
 import pytest
 
-from tests.helpers import EventTap, check_event
+from tests.helpers import check_event
+from tests.taps import EventTap
 from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
