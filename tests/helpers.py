@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ from tests.domains import remove_domain as remove_domain
 from tests.taps import Event
 from worker.core import schemas
 
+#: The console script of the environment running the tests (the README's .venv/bin/compute-worker).
+WORKER_BIN = str(Path(sys.executable).with_name("compute-worker"))
+#: The checkout these tests belong to: a worker subprocess runs its code.
+CHECKOUT = Path(__file__).resolve().parents[1]
 #: A copy of /work/shared/wire-samples.json: messages oslo.messaging 18.3.1 put on RabbitMQ 3.10.
 WIRE_SAMPLES_FILE = Path(__file__).with_name("wire-samples.json")
 
@@ -33,6 +38,15 @@ def wire_samples() -> dict[str, Any]:
     """The captured oslo messages by name, parsed afresh so a test may change its copy."""
     samples: dict[str, Any] = json.loads(WIRE_SAMPLES_FILE.read_text("utf-8"))
     return samples
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for a compute-worker subprocess: this checkout's code, no COMPUTE_WORKER_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_WORKER_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT)] + [
+        p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
 
 
 @contextlib.contextmanager

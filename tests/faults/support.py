@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,7 +34,7 @@ from tests.brokers import (
     wait_until,
 )
 from tests.domains import QEMU_URI, Vm, connection, remove_domain
-from tests.helpers import check_event
+from tests.helpers import WORKER_BIN, check_event, worker_env
 from tests.taps import Event, Gathered, drain_until
 from worker import config as config_mod
 from worker.codec import envelope
@@ -45,10 +44,6 @@ from worker.config import Config
 SYSTEM_BROKER_URL = os.environ.get("COMPUTE_WORKER_TEST_BROKER",
                                    "amqp://guest:guest@127.0.0.1:5672//")
 NAME_PREFIX = "cw-fault-"
-#: The console script of the environment running the tests.
-WORKER_BIN = str(Path(sys.executable).with_name("compute-worker"))
-#: The checkout these tests belong to: the worker subprocess runs its code.
-CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 # --- the worker as a subprocess ----------------------------------------------------------
@@ -94,13 +89,9 @@ class WorkerProcess:
         assert self.proc is None or self.proc.poll() is not None, "worker already running"
         path = self.log_dir / f"worker-life{len(self.logs) + 1}.log"
         self.logs.append(path)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_WORKER_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT)] + [
-            p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         with open(path, "wb") as out:
             self.proc = subprocess.Popen([WORKER_BIN, "run", *self.argv], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, env=worker_env(),
                                          start_new_session=True)
 
         def consuming() -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import check_event
+from tests.helpers import WORKER_BIN, check_event, worker_env
 from tests.taps import EventTap
 from worker.config import Config
 
@@ -122,6 +121,25 @@ def test_events_command_prints_json_lines(cfg: Config, config_file: Path) -> Non
     assert "service.update" in [e["event_type"] for e in lines]
 
 
+#: The actions of worker/cli/demo.py's script, in the order each instance gets them.
+DEMO_ACTIONS = ["create", "pause", "unpause", "suspend", "resume", "reboot", "power_off",
+                "power_on", "pause", "delete"]
+
+
+def test_demo_ends_every_verb_of_both_instances_and_exits_0() -> None:
+    """`compute-worker demo`, the README's first command, prints every end event and 0 failed."""
+    done = subprocess.run([WORKER_BIN, "demo"], capture_output=True, text=True, timeout=60,
+                          env=worker_env())
+    assert 0 == done.returncode, done.stdout + done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines()]
+    ends = {name: [row[2] for row in rows
+                   if len(row) > 2 and row[1] == name and row[2].endswith(".end")]
+            for name in ("web-1", "db-1")}
+    expected = [f"instance.{action}.end" for action in DEMO_ACTIONS]
+    assert {"web-1": expected, "db-1": expected} == ends, done.stdout
+    assert f"{2 * len(DEMO_ACTIONS)} verbs, 0 failed," in done.stdout.splitlines()[-1], done.stdout
+
+
 def test_check_reports_each_problem_on_one_line(cfg: Config, tmp_path: Path) -> None:
     """check says FAIL for an unreachable broker and an unwritable directory, and exits 1."""
     blocker = tmp_path / "file"
@@ -144,8 +162,8 @@ def test_check_reports_each_problem_on_one_line(cfg: Config, tmp_path: Path) -> 
 ])
 def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None:
     """A wrong option value is one line on stderr and exit status 2, not a traceback."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_WORKER_")}
-    result = subprocess.run(CLI + args, capture_output=True, text=True, timeout=30, env=env)
+    result = subprocess.run(CLI + args, capture_output=True, text=True, timeout=30,
+                            env=worker_env())
     assert 2 == result.returncode
     assert 1 == len(result.stderr.strip().splitlines())
     assert message in result.stderr
