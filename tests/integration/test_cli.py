@@ -6,13 +6,14 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.brokers import wait_bound
 from tests.helpers import WORKER_BIN, check_event, worker_env
 from tests.taps import EventTap
+from worker.amqp.topology import control_exchange
 from worker.config import Config
 
 pytestmark = pytest.mark.integration
@@ -107,18 +108,28 @@ def test_a_second_worker_for_the_same_host_fails_at_start_naming_the_host(
 
 def test_events_command_prints_json_lines(cfg: Config, config_file: Path) -> None:
     """`compute-worker events` prints each event as one JSON line."""
-    events = subprocess.Popen(CLI + ["events", "--timeout", "8", *_client_flags(cfg)],
+    events = subprocess.Popen(CLI + ["events", "--timeout", "30", *_client_flags(cfg)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # let it bind its queue before the worker starts
-    worker = subprocess.Popen(CLI + ["run", "--config", str(config_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    lines: list[dict[str, object]] = []
     try:
-        out, _ = events.communicate(timeout=30)
+        # Its queue is bound before the worker starts, so it sees the worker's first event.
+        wait_bound(cfg.transport_url, control_exchange(cfg), f"{cfg.notification_topic}.probe")
+        worker = subprocess.Popen(CLI + ["run", "--config", str(config_file)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert events.stdout is not None
+        for line in events.stdout:  # ends at the latest when --timeout does
+            lines.append(json.loads(line))
+            if lines[-1]["event_type"] == "service.update":
+                break
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
-    lines = [json.loads(line) for line in out.splitlines()]
-    assert "service.update" in [e["event_type"] for e in lines]
+        events.kill()
+        events.communicate(timeout=30)
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+    types = [e["event_type"] for e in lines]
+    assert ("probe", "service.update") == (types[0], types[-1]), types
 
 
 #: The actions of worker/cli/demo.py's script, in the order each instance gets them.
