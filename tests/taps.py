@@ -62,6 +62,16 @@ def uuid_of(event: Event) -> Any:
     return event["payload"]["nova_object.data"].get("uuid")
 
 
+def went_down(events: list[Event]) -> bool:
+    """True once a worker's last word, service.update with up false, is among events.
+
+    A worker publishes it after everything else, on the same channel: every event it
+    published before has reached the tap by then.
+    """
+    return any(e["event_type"] == "service.update" and not e["payload"]["nova_object.data"]["up"]
+               for e in events)
+
+
 class EventTap(Gathered[Event]):
     """Collects every event on ``<topic>.*`` of an exchange from a private queue."""
 

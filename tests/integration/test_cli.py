@@ -12,7 +12,7 @@ import pytest
 
 from tests.brokers import wait_bound
 from tests.helpers import WORKER_BIN, check_event, worker_env
-from tests.taps import EventTap
+from tests.taps import EventTap, went_down
 from worker.amqp.topology import control_exchange
 from worker.config import Config
 
@@ -67,9 +67,7 @@ def test_run_serves_calls_and_stops_cleanly_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     assert 0 == proc.returncode, stderr[-2000:]
-    statuses = tap.wait_for(lambda evs: any(
-        e["event_type"] == "service.update" and not e["payload"]["nova_object.data"]["up"]
-        for e in evs))
+    statuses = tap.wait_for(went_down)
     ups = [e["payload"]["nova_object.data"]["up"] for e in statuses
            if e["event_type"] == "service.update"]
     assert [True, False] == ups
