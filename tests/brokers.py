@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection
+from kombu import Connection, Exchange
 
 from worker.amqp.topology import PRIORITIES
+from worker.codec import envelope
 from worker.config import Config
 
 HOSTNAME = socket.gethostname()
@@ -243,6 +244,30 @@ def queue_counts(name: str, *, node: str | None = None,
         if row.get("name") == name:
             return int(row["messages_ready"]), int(row["messages_unacknowledged"])
     return None
+
+
+def wait_bound(url: str, exchange: Exchange, routing_key: str, timeout: float = 20.0) -> None:
+    """Block until some queue is bound for routing_key: a mandatory probe is no longer returned.
+
+    The probe (``event_type`` ``probe``) reaches whoever is bound, so they see it too.
+    """
+    returned: list[object] = []
+    body = envelope.wrap({"event_type": "probe", "payload": {}})
+    deadline = time.monotonic() + timeout
+    with Connection(url, transport_options={"confirm_publish": True}) as conn:
+        producer = conn.Producer(on_return=lambda exc, *_: returned.append(exc))
+        while True:
+            returned.clear()
+            # Confirmed publishes: a basic.return comes before the ack, so within publish().
+            producer.publish(body, exchange=exchange, routing_key=routing_key, mandatory=True,
+                             declare=[exchange], retry=False, content_type="application/json",
+                             content_encoding="utf-8")
+            if not returned:
+                return
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"nobody bound {routing_key} on {exchange.name} "
+                                     f"within {timeout:.0f}s")
+            time.sleep(0.02)
 
 
 def free_port(start: int) -> int:

@@ -14,7 +14,8 @@ import structlog
 from kombu import Connection
 
 from tests.brokers import delete_names, notification_names, service_names
-from tests.helpers import EventTap, define_test_domains, remove_test_domains
+from tests.domains import TEST_URI, Vm, define_vms, remove_domains
+from tests.taps import EventTap
 from worker import config as config_mod
 from worker import logs
 from worker.amqp.client import RpcClient
@@ -115,7 +116,7 @@ def rpc(cfg: Config) -> Iterator[RpcClient]:
 @pytest.fixture(scope="session")
 def test_driver() -> Iterator[libvirt.virConnect]:
     """Holds test:///default open: its shared state lives only while a connection does."""
-    conn = libvirt.open("test:///default")
+    conn = libvirt.open(TEST_URI)
     yield conn
     conn.close()
 
@@ -123,12 +124,10 @@ def test_driver() -> Iterator[libvirt.virConnect]:
 @pytest.fixture
 def domains(test_driver: libvirt.virConnect) -> Iterator[Callable[[int], list[str]]]:
     """Factory for running domains on test:///default, removed after the test."""
-    made: list[str] = []
+    made: list[Vm] = []
 
     def make(count: int = 1) -> list[str]:
-        uuids = define_test_domains(count)
-        made.extend(uuids)
-        return uuids
+        return [vm.uuid for vm in define_vms(test_driver, "test", count, made, prefix="cw-test-")]
 
     yield make
-    remove_test_domains(made)
+    remove_domains(TEST_URI, [vm.uuid for vm in made])

@@ -26,6 +26,7 @@ class Relay:
         netloc = f"{parts.username}:{parts.password}@127.0.0.1:{self.port}"
         self.url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
         self.connections = 0
+        self._buffers: list[bytearray] = []  # what each connection holds back now
         self._held = threading.Event()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, name="relay", daemon=True)]
@@ -34,6 +35,10 @@ class Relay:
     def hold(self) -> None:
         """From now on keep what the broker sends (the client still reaches the broker)."""
         self._held.set()
+
+    def holding(self, data: bytes) -> bool:
+        """True when some connection holds back bytes from the broker that contain data."""
+        return any(data in bytes(buffer) for buffer in list(self._buffers))
 
     def release(self) -> None:
         """Deliver everything held, and forward at once again."""
@@ -61,6 +66,7 @@ class Relay:
 
     def _link(self, client: socket.socket, upstream: socket.socket) -> None:
         held = bytearray()
+        self._buffers.append(held)
         upstream_open = True
         with contextlib.suppress(OSError), client, upstream:
             while not self._stop.is_set():

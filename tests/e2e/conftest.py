@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,8 +9,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.e2e.support import QEMU_URI, Verbs, Vm, define_vm, kvm_works
-from tests.helpers import EventTap, remove_domain
+from tests.domains import QEMU_URI, Vm, define_vms, qemu_domain_type, remove_domain
+from tests.e2e.support import NAME_PREFIX, Verbs
+from tests.taps import EventTap
 from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
@@ -36,11 +36,7 @@ def qemu() -> Iterator[libvirt.virConnect]:
 @pytest.fixture(scope="session")
 def domain_type(qemu: libvirt.virConnect) -> str:
     """kvm where /dev/kvm works, else qemu (TCG); the tests pass on either."""
-    forced = os.environ.get("COMPUTE_WORKER_TEST_DOMAIN_TYPE")  # "qemu" to try TCG on a KVM host
-    if forced is not None:
-        assert forced in ("kvm", "qemu"), forced
-        return forced
-    return "kvm" if kvm_works(qemu) else "qemu"
+    return qemu_domain_type(qemu)
 
 
 @pytest.fixture
@@ -56,12 +52,7 @@ def vms(qemu: libvirt.virConnect, domain_type: str) -> Iterator[Callable[..., li
     made: list[Vm] = []
 
     def make(count: int = 1, *, start: bool = True) -> list[Vm]:
-        for _ in range(count):
-            # Remember the domain before starting it, so a failed start is cleaned too.
-            made.append(define_vm(qemu, domain_type))
-            if start:
-                qemu.lookupByUUIDString(made[-1].uuid).create()
-        return made[-count:]
+        return define_vms(qemu, domain_type, count, made, prefix=NAME_PREFIX, start=start)
 
     yield make
     # Destroying a QEMU domain takes about two seconds here: remove them side by side.

@@ -1,80 +1,20 @@
-"""End-to-end tools: the QEMU domain type, tiny no-OS domains, and verbs cast with event checks."""
+"""End-to-end tools: verbs cast at tiny QEMU domains, with the checks of their events."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import libvirt
-
-from tests.helpers import Event, EventTap, check_event
+# bench/ imports kvm_works from here; tests take it from tests.domains.
+from tests.domains import Vm
+from tests.domains import kvm_works as kvm_works
+from tests.helpers import check_event
+from tests.taps import Event, EventTap
 from worker.amqp.client import RpcClient
 from worker.config import Config
-from worker.virt.domain_xml import DomainSpec, domain, to_string
 
-QEMU_URI = "qemu:///system"
 NAME_PREFIX = "cw-e2e-"
-#: Where libvirt's QEMU driver keeps managed-save images (<name>.save).
-MANAGED_SAVE_DIR = "/var/lib/libvirt/qemu/save"
-
-_KVM_GET_API_VERSION = 0xAE00
-_KVM_CREATE_VM = 0xAE01
-_KVM_API_VERSION = 12
-
-
-def kvm_works(conn: libvirt.virConnect) -> bool:
-    """True when /dev/kvm exists, answers the KVM API and libvirt offers kvm domains."""
-    if not os.path.exists("/dev/kvm"):
-        return False
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        if fcntl.ioctl(fd, _KVM_GET_API_VERSION) != _KVM_API_VERSION:
-            return False
-        os.close(fcntl.ioctl(fd, _KVM_CREATE_VM, 0))
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    try:
-        conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
-    except libvirt.libvirtError:
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class Vm:
-    """A test domain: its UUID and name, and the args that name it in a message."""
-
-    uuid: str
-    name: str
-
-    @property
-    def args(self) -> dict[str, Any]:
-        """``{"instance": {...}}`` as a scheduler sends it."""
-        return {"instance": {"uuid": self.uuid, "name": self.name}}
-
-    @property
-    def save_image(self) -> str:
-        """Path of its managed-save image on the QEMU driver."""
-        return os.path.join(MANAGED_SAVE_DIR, f"{self.name}.save")
-
-
-def define_vm(conn: libvirt.virConnect, domain_type: str) -> Vm:
-    """Define a 64 MiB, 1 vCPU domain with no OS and a unique name and UUID (not started)."""
-    uid = str(uuid.uuid4())
-    vm = Vm(uid, f"{NAME_PREFIX}{uid[:13]}")
-    spec = DomainSpec(name=vm.name, uuid=vm.uuid, memory_mib=64, vcpus=1,
-                      domain_type=domain_type)
-    conn.defineXML(to_string(domain(spec)))
-    return vm
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 
 import libvirt
 import pytest
 from lxml import etree
 
-from tests.e2e.support import NAME_PREFIX, QEMU_URI
-from tests.helpers import EventTap, check_event, domain_state, remove_domain
+from tests.domains import QEMU_URI, Vm, domain_state, remove_domain, state_of
+from tests.e2e.support import NAME_PREFIX
+from tests.helpers import check_event
+from tests.taps import EventTap
 from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
@@ -39,14 +40,14 @@ def test_build_boots_a_qemu_domain_on_its_own_disk_and_terminate_removes_it(
         builder: tuple[Service, EventTap], build_cfg: Config, rpc: RpcClient,
         qemu: libvirt.virConnect, domain_type: str) -> None:
     service, tap = builder
-    uid = str(uuid.uuid4())
-    name = f"{NAME_PREFIX}{uid[:13]}"
+    vm = Vm.new(NAME_PREFIX)
+    uid = vm.uuid
     try:
         rpc.cast(build_cfg.host, "build_and_run_instance",
-                 {"instance": {"uuid": uid, "name": name, "memory_mb": 64, "root_gb": 1}})
+                 {"instance": {"uuid": uid, "name": vm.name, "memory_mb": 64, "root_gb": 1}})
         end = tap.wait_type(uid, "instance.create.end", timeout=90)[0]
         assert "running" == end["payload"]["nova_object.data"]["power_state"]
-        assert libvirt.VIR_DOMAIN_RUNNING == domain_state(QEMU_URI, uid)[0]
+        assert libvirt.VIR_DOMAIN_RUNNING == state_of(QEMU_URI, uid)
         live = etree.fromstring(qemu.lookupByUUIDString(uid).XMLDesc(0))
         assert domain_type == live.get("type")
         disk = service.paths.root / uid / "disk"

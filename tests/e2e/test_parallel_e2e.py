@@ -9,8 +9,9 @@ from collections.abc import Callable
 import libvirt
 import pytest
 
-from tests.e2e.support import QEMU_URI, Verbs, Vm, check_all
-from tests.helpers import EventTap, domain_state
+from tests.domains import QEMU_URI, Vm, domain_state
+from tests.e2e.support import Verbs, check_all
+from tests.taps import EventTap
 from worker.config import Config
 
 pytestmark = pytest.mark.e2e

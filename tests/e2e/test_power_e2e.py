@@ -8,8 +8,9 @@ from collections.abc import Callable
 import libvirt
 import pytest
 
-from tests.e2e.support import QEMU_URI, Verbs, Vm, check_all, states
-from tests.helpers import EventTap, domain_state
+from tests.domains import QEMU_URI, Vm, domain_state
+from tests.e2e.support import Verbs, check_all, states
+from tests.taps import EventTap
 from worker.amqp.client import RpcClient
 from worker.config import Config
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import libvirt
 import pytest
 
-from tests.e2e.support import Vm
+from tests.domains import Vm
 from worker.amqp.client import RemoteError, RpcClient
 from worker.config import Config
 from worker.service import Service

@@ -17,12 +17,10 @@ import libvirt
 import pytest
 
 from tests.brokers import PrivateBroker
-from tests.e2e.support import kvm_works
+from tests.domains import QEMU_URI, Vm, connection, define_vms, qemu_domain_type
 from tests.faults.support import (
     FIGURES,
-    QEMU_URI,
-    Vm,
-    define_vms,
+    NAME_PREFIX,
     ensure_libvirtd,
     others_using_libvirtd,
     remove_vms,
@@ -33,18 +31,11 @@ from tests.faults.support import (
 def domain_type() -> str:
     """kvm where /dev/kvm works, else qemu (TCG); COMPUTE_WORKER_TEST_DOMAIN_TYPE forces one."""
     try:
-        conn = libvirt.open(QEMU_URI)
+        with connection(QEMU_URI) as conn:
+            return qemu_domain_type(conn)
     except libvirt.libvirtError as exc:
         pytest.fail(f"libvirtd with QEMU is not reachable at {QEMU_URI} ({exc}); "
                     "run scripts/test.sh, which installs and starts it")
-    try:
-        forced = os.environ.get("COMPUTE_WORKER_TEST_DOMAIN_TYPE")
-        if forced is not None:
-            assert forced in ("kvm", "qemu"), forced
-            return forced
-        return "kvm" if kvm_works(conn) else "qemu"
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +55,8 @@ def vms(domain_type: str) -> Iterator[Callable[[int], list[Vm]]]:
     made: list[Vm] = []
 
     def make(count: int) -> list[Vm]:
-        return define_vms(domain_type, count, made)
+        with connection(QEMU_URI) as conn:
+            return define_vms(conn, domain_type, count, made, prefix=NAME_PREFIX)
 
     yield make
     ensure_libvirtd()

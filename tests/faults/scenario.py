@@ -13,6 +13,7 @@ from typing import Any
 from kombu import Connection
 
 from tests.brokers import PrivateBroker, queue_counts, tail, wait_until
+from tests.domains import Vm
 from tests.faults.support import (
     FIGURES,
     Cast,
@@ -21,7 +22,6 @@ from tests.faults.support import (
     Load,
     Outcome,
     ResilientTap,
-    Vm,
     WorkerProcess,
     alarms,
     all_answered,

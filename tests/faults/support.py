@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,21 +33,17 @@ from tests.brokers import (
     tail,
     wait_until,
 )
-from tests.helpers import Event, check_event, remove_domain
+from tests.domains import QEMU_URI, Vm, connection, remove_domain
+from tests.helpers import WORKER_BIN, check_event, worker_env
+from tests.taps import Event, Gathered, drain_until
 from worker import config as config_mod
 from worker.codec import envelope
 from worker.codec.notifications import message_id
 from worker.config import Config
-from worker.virt.domain_xml import DomainSpec, domain, to_string
 
-QEMU_URI = "qemu:///system"
 SYSTEM_BROKER_URL = os.environ.get("COMPUTE_WORKER_TEST_BROKER",
                                    "amqp://guest:guest@127.0.0.1:5672//")
 NAME_PREFIX = "cw-fault-"
-#: The console script of the environment running the tests.
-WORKER_BIN = str(Path(sys.executable).with_name("compute-worker"))
-#: The checkout these tests belong to: the worker subprocess runs its code.
-CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 # --- the worker as a subprocess ----------------------------------------------------------
@@ -94,13 +89,9 @@ class WorkerProcess:
         assert self.proc is None or self.proc.poll() is not None, "worker already running"
         path = self.log_dir / f"worker-life{len(self.logs) + 1}.log"
         self.logs.append(path)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_WORKER_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT)] + [
-            p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         with open(path, "wb") as out:
             self.proc = subprocess.Popen([WORKER_BIN, "run", *self.argv], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, env=worker_env(),
                                          start_new_session=True)
 
         def consuming() -> bool:
@@ -216,14 +207,6 @@ def load_config(values: dict[str, Any]) -> Config:
 
 
 @dataclass(frozen=True)
-class Vm:
-    """A test domain: UUID and name."""
-
-    uuid: str
-    name: str
-
-
-@dataclass(frozen=True)
 class Cast:
     """One planned cast: which domain, which verb, and the ids that identify its events."""
 
@@ -259,7 +242,7 @@ class Cast:
         """The oslo 2.0 envelope, as an oslo RPCClient would send it."""
         return envelope.wrap({
             "method": self.method, "version": "1.0", "_unique_id": self.unique_id,
-            "args": {"instance": {"uuid": self.vm.uuid, "name": self.vm.name}},
+            "args": self.vm.args,
             "_context_request_id": self.request_id,
         })
 
@@ -431,19 +414,18 @@ class Tapped:
     redelivered: bool
 
 
-class ResilientTap:
+class ResilientTap(Gathered[Tapped]):
     """A queue of our own bound to ``<topic>.*``, consumed with reconnects; every event kept."""
 
     def __init__(self, url: str, exchange: str, topic: str, *, durable: bool) -> None:
+        super().__init__()
         self.url = url
         ex = Exchange(exchange, type="topic", durable=durable, auto_delete=False)
         self.queue = Queue(f"faults_tap_{uuid.uuid4().hex[:12]}", ex, routing_key=f"{topic}.*",
                            durable=durable, auto_delete=False)
-        self.records: list[Tapped] = []
         self.undecodable: list[bytes] = []
         self.reconnects = 0
         self.errors: Counter[str] = Counter()
-        self._cond = threading.Condition()
         self._stop = threading.Event()
         self._ready = threading.Event()
         # Declared and bound before the worker starts: no event can miss it.
@@ -460,13 +442,10 @@ class ResilientTap:
             event = envelope.unwrap(body, 1 << 30)
         except Exception:
             event = None
-        redelivered = bool(message.delivery_info.get("redelivered"))
-        with self._cond:
-            if event is None:
-                self.undecodable.append(body)
-            else:
-                self.records.append(Tapped(event, redelivered))
-            self._cond.notify_all()
+        if event is None:
+            self.undecodable.append(body)
+        else:
+            self.add(Tapped(event, bool(message.delivery_info.get("redelivered"))))
         message.ack()
 
     def _serve(self) -> None:
@@ -477,12 +456,7 @@ class ResilientTap:
             queue.declare()
             with Consumer(channel, [queue], on_message=self._received, no_ack=False):
                 self._ready.set()
-                while not self._stop.is_set():
-                    try:
-                        conn.drain_events(timeout=0.2)
-                    except TimeoutError:
-                        pass
-                    conn.heartbeat_check()
+                drain_until(conn, self._stop)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -495,26 +469,19 @@ class ResilientTap:
                 self.errors[type(exc).__name__] += 1
                 time.sleep(0.3)
 
+    @property
+    def records(self) -> list[Tapped]:
+        """Every event so far, as received (the live list)."""
+        return self.items
+
     def wait_for(self, predicate: Callable[[list[Tapped]], bool], timeout: float) -> bool:
         """Block until predicate(records) holds; False at the timeout."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self.records):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.5))
-            return True
+        return self.until(predicate, timeout) is not None
 
     @property
     def alive(self) -> bool:
         """True while the consuming thread runs."""
         return self._thread.is_alive()
-
-    def snapshot(self) -> list[Tapped]:
-        """Every record so far."""
-        with self._cond:
-            return list(self.records)
 
     def close(self, delete: bool = True) -> None:
         """Stop consuming; delete the queue."""
@@ -529,39 +496,13 @@ class ResilientTap:
 # --- libvirt: tiny domains, their state, the daemon -------------------------------------
 
 
-def _open() -> libvirt.virConnect:
-    return libvirt.open(QEMU_URI)
-
-
-def define_vms(domain_type: str, count: int, made: list[Vm]) -> list[Vm]:
-    """Define and start count 64 MiB, 1 vCPU domains with no OS; each is added to made first."""
-    conn = _open()
-    try:
-        new = []
-        for _ in range(count):
-            uid = str(uuid.uuid4())
-            vm = Vm(uid, f"{NAME_PREFIX}{uid[:13]}")
-            made.append(vm)  # remembered before anything can fail, so cleanup finds it
-            spec = DomainSpec(name=vm.name, uuid=vm.uuid, memory_mib=64, vcpus=1,
-                              domain_type=domain_type)
-            conn.defineXML(to_string(domain(spec))).create()
-            new.append(vm)
-        return new
-    finally:
-        conn.close()
-
-
 def _remove(vm: Vm, timeout: float = 60.0) -> str | None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            conn = _open()
-            try:
+            with connection(QEMU_URI) as conn:
                 remove_domain(conn, vm.uuid)
-                return None
-            finally:
-                with contextlib.suppress(libvirt.libvirtError):
-                    conn.close()
+            return None
         except libvirt.libvirtError as exc:  # libvirtd restarting or the domain busy
             if time.monotonic() >= deadline:
                 return f"{vm.name}: {exc}"
@@ -604,9 +545,8 @@ class VmState:
 
 def vm_states(vms: Iterable[Vm]) -> dict[str, VmState | None]:
     """Each domain's state, reason, job and managed-save flag (None: missing)."""
-    conn = _open()
-    try:
-        out: dict[str, VmState | None] = {}
+    out: dict[str, VmState | None] = {}
+    with connection(QEMU_URI) as conn:
         for vm in vms:
             try:
                 dom = conn.lookupByUUIDString(vm.uuid)
@@ -616,9 +556,7 @@ def vm_states(vms: Iterable[Vm]) -> dict[str, VmState | None]:
             state, reason = dom.state()
             out[vm.uuid] = VmState(int(state), int(reason), int(dom.jobInfo()[0]),
                                    bool(dom.hasManagedSaveImage(0)))
-        return out
-    finally:
-        conn.close()
+    return out
 
 
 def libvirtd_answers() -> bool:

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.brokers import PrivateBroker
+from tests.domains import Vm
 from tests.faults.scenario import Scenario
-from tests.faults.support import Vm, wait_until
+from tests.faults.support import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 

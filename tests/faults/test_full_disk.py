@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import PrivateBroker, wait_until
+from tests.domains import Vm
 from tests.faults.scenario import Scenario
-from tests.faults.support import Vm, count_events
+from tests.faults.support import count_events
 from tests.helpers import fill, small_disk
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]

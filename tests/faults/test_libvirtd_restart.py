@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from tests.domains import Vm
 from tests.faults.scenario import Scenario
-from tests.faults.support import SYSTEM_BROKER_URL, Tapped, Vm, restart_libvirtd
+from tests.faults.support import SYSTEM_BROKER_URL, Tapped, restart_libvirtd
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 

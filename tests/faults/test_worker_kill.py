@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import PrivateBroker
+from tests.domains import Vm
 from tests.faults.scenario import Scenario
-from tests.faults.support import Vm, completions, count_events
+from tests.faults.support import completions, count_events
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 

@@ -13,7 +13,7 @@ from kombu import Connection, Producer
 from structlog.testing import capture_logs
 
 from tests.brokers import PrivateBroker, wait_until
-from tests.helpers import Event, EventTap
+from tests.taps import Event, EventTap, went_down
 from worker.amqp.topology import control_exchange, host_queue
 from worker.codec import envelope, notifications
 from worker.config import Config
@@ -92,8 +92,8 @@ def test_memory_alarm_longer_than_the_confirm_timeout_loses_and_repeats_nothing(
             tap.wait_for(lambda seen: wanted.keys() <= {e["message_id"] for e in seen}, 40)
             wait_until(lambda: alarm_broker.queue_counts(host_queue(cfg).name) == (0, 0), 20,
                        "the host queue to be empty")
-            time.sleep(1.0)  # a repeat of anything would have arrived by now
             service.stop(grace=10)
+            tap.wait_for(went_down)  # so a repeat of anything is in the tap by now
     finally:
         alarm_broker.ctl("eval", CLEAR_ALARM)
         tap.close()

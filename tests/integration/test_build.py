@@ -13,7 +13,9 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.helpers import EventTap, check_event, domain_state, remove_test_domains
+from tests.domains import TEST_URI, domain_state, remove_domains, state_of
+from tests.helpers import check_event
+from tests.taps import EventTap
 from worker.amqp.client import RemoteError, RpcClient
 from worker.config import Config
 from worker.errors import ImageError
@@ -28,7 +30,7 @@ def built() -> Iterator[list[str]]:
     """UUIDs of instances a test builds; their domains are removed afterwards."""
     made: list[str] = []
     yield made
-    remove_test_domains(made)
+    remove_domains(TEST_URI, made)
 
 
 def _build(rpc: RpcClient, cfg: Config, made: list[str], **instance: Any) -> str:
@@ -60,8 +62,8 @@ def test_build_defines_and_starts_the_domain_it_was_asked_for(
         e["event_type"] for e in tap.of(uid)]
     assert ("running", "active", "web-1") == (
         _data(end)["power_state"], _data(end)["vm_state"], _data(end)["name"])
-    assert libvirt.VIR_DOMAIN_RUNNING == domain_state("test:///default", uid)[0]
-    conn = libvirt.open("test:///default")
+    assert libvirt.VIR_DOMAIN_RUNNING == state_of(TEST_URI, uid)
+    conn = libvirt.open(TEST_URI)
     try:
         dom = conn.lookupByUUIDString(uid)
         xml = etree.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
@@ -93,7 +95,7 @@ def test_build_makes_a_qcow2_root_disk_over_a_base_image(
     assert ("qcow2", 2 << 30, str(images.resolve() / "cirros-0.6")) == (
         layered_info["format"], layered_info["virtual-size"],
         layered_info.get("backing-filename"))
-    conn = libvirt.open("test:///default")
+    conn = libvirt.open(TEST_URI)
     try:
         xml = etree.fromstring(conn.lookupByUUIDString(layered).XMLDesc(0))
         assert [str(worker.paths.root / layered / "disk")] == [
@@ -110,7 +112,7 @@ def test_a_failed_build_is_rolled_back_and_reported(
     assert ("ImageError", "error") == (_data(error)["fault"]["exception"],
                                        _data(error)["vm_state"])
     assert "not-there" in _data(error)["fault"]["exception_message"]
-    assert None is domain_state("test:///default", uid)
+    assert None is domain_state(TEST_URI, uid)
     assert not (worker.paths.root / uid).exists()
 
 
@@ -127,7 +129,7 @@ def test_a_failed_retry_removes_the_disk_an_earlier_attempt_left(
              {"instance": {"uuid": uid, "root_gb": 1}, "image": {"id": "not-there"}})
 
     tap.wait_type(uid, "instance.create.error")
-    assert None is domain_state("test:///default", uid)
+    assert None is domain_state(TEST_URI, uid)
     assert not left.exists()
 
 
@@ -143,7 +145,7 @@ def test_a_domain_name_unsafe_as_a_file_name_is_refused_with_nothing_made(
         rpc.call(cfg.host, "build_and_run_instance", {"instance": {"uuid": uid, "name": name}},
                  timeout=10)
     assert "InvalidArguments" == failure.value.exc_class
-    assert None is domain_state("test:///default", uid)
+    assert None is domain_state(TEST_URI, uid)
     assert not (worker.paths.root / uid).exists()
 
 
@@ -151,7 +153,7 @@ def test_building_again_finishes_the_existing_domain_instead_of_a_second(
         worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config, built: list[str]) -> None:
     uid = _build(rpc, cfg, built, name="again")
     tap.wait_type(uid, "instance.create.end")
-    conn = libvirt.open("test:///default")
+    conn = libvirt.open(TEST_URI)
     try:
         conn.lookupByUUIDString(uid).destroy()  # as if the first try died before starting it
         # A new message (new _unique_id), so the journal does not answer it.
@@ -178,7 +180,7 @@ def test_what_a_build_cannot_do_is_refused_before_anything_runs(
                  timeout=10)
     assert "InvalidArguments" == failure.value.exc_class
     assert reason in failure.value.message
-    assert None is domain_state("test:///default", uid)
+    assert None is domain_state(TEST_URI, uid)
     assert not (worker.paths.root / uid).exists()
 
 

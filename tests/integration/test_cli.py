@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import EventTap, check_event
+from tests.brokers import wait_bound
+from tests.helpers import WORKER_BIN, check_event, worker_env
+from tests.taps import EventTap, went_down
+from worker.amqp.topology import control_exchange
 from worker.config import Config
 
 pytestmark = pytest.mark.integration
@@ -66,9 +67,7 @@ def test_run_serves_calls_and_stops_cleanly_on_sigterm(
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     assert 0 == proc.returncode, stderr[-2000:]
-    statuses = tap.wait_for(lambda evs: any(
-        e["event_type"] == "service.update" and not e["payload"]["nova_object.data"]["up"]
-        for e in evs))
+    statuses = tap.wait_for(went_down)
     ups = [e["payload"]["nova_object.data"]["up"] for e in statuses
            if e["event_type"] == "service.update"]
     assert [True, False] == ups
@@ -107,18 +106,47 @@ def test_a_second_worker_for_the_same_host_fails_at_start_naming_the_host(
 
 def test_events_command_prints_json_lines(cfg: Config, config_file: Path) -> None:
     """`compute-worker events` prints each event as one JSON line."""
-    events = subprocess.Popen(CLI + ["events", "--timeout", "8", *_client_flags(cfg)],
+    events = subprocess.Popen(CLI + ["events", "--timeout", "30", *_client_flags(cfg)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # let it bind its queue before the worker starts
-    worker = subprocess.Popen(CLI + ["run", "--config", str(config_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
+    lines: list[dict[str, object]] = []
     try:
-        out, _ = events.communicate(timeout=30)
+        # Its queue is bound before the worker starts, so it sees the worker's first event.
+        wait_bound(cfg.transport_url, control_exchange(cfg), f"{cfg.notification_topic}.probe")
+        worker = subprocess.Popen(CLI + ["run", "--config", str(config_file)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert events.stdout is not None
+        for line in events.stdout:  # ends at the latest when --timeout does
+            lines.append(json.loads(line))
+            if lines[-1]["event_type"] == "service.update":
+                break
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
-    lines = [json.loads(line) for line in out.splitlines()]
-    assert "service.update" in [e["event_type"] for e in lines]
+        events.kill()
+        events.communicate(timeout=30)
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(30)
+    types = [e["event_type"] for e in lines]
+    assert ("probe", "service.update") == (types[0], types[-1]), types
+
+
+#: The actions of worker/cli/demo.py's script, in the order each instance gets them.
+DEMO_ACTIONS = ["create", "pause", "unpause", "suspend", "resume", "reboot", "power_off",
+                "power_on", "pause", "delete"]
+
+
+def test_demo_ends_every_verb_of_both_instances_and_exits_0() -> None:
+    """`compute-worker demo`, the README's first command, prints every end event and 0 failed."""
+    done = subprocess.run([WORKER_BIN, "demo"], capture_output=True, text=True, timeout=60,
+                          env=worker_env())
+    assert 0 == done.returncode, done.stdout + done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines()]
+    ends = {name: [row[2] for row in rows
+                   if len(row) > 2 and row[1] == name and row[2].endswith(".end")]
+            for name in ("web-1", "db-1")}
+    expected = [f"instance.{action}.end" for action in DEMO_ACTIONS]
+    assert {"web-1": expected, "db-1": expected} == ends, done.stdout
+    assert f"{2 * len(DEMO_ACTIONS)} verbs, 0 failed," in done.stdout.splitlines()[-1], done.stdout
 
 
 def test_check_reports_each_problem_on_one_line(cfg: Config, tmp_path: Path) -> None:
@@ -143,8 +171,8 @@ def test_check_reports_each_problem_on_one_line(cfg: Config, tmp_path: Path) -> 
 ])
 def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None:
     """A wrong option value is one line on stderr and exit status 2, not a traceback."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_WORKER_")}
-    result = subprocess.run(CLI + args, capture_output=True, text=True, timeout=30, env=env)
+    result = subprocess.run(CLI + args, capture_output=True, text=True, timeout=30,
+                            env=worker_env())
     assert 2 == result.returncode
     assert 1 == len(result.stderr.strip().splitlines())
     assert message in result.stderr

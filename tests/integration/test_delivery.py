@@ -10,7 +10,9 @@ import libvirt
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
-from tests.helpers import EventTap, check_event, domain_state
+from tests.domains import TEST_URI, state_of
+from tests.helpers import check_event
+from tests.taps import EventTap
 from worker.amqp.client import RemoteError, RpcClient
 from worker.amqp.topology import host_queue
 from worker.codec import envelope
@@ -118,7 +120,7 @@ def test_completed_message_is_not_run_again(
     _publish_raw(cfg, body)
     ends = tap.wait_type(uid, "instance.pause.end", count=2)
     assert first["message_id"] == ends[1]["message_id"]
-    assert libvirt.VIR_DOMAIN_RUNNING == domain_state("test:///default", uid)[0]
+    assert libvirt.VIR_DOMAIN_RUNNING == state_of(TEST_URI, uid)
     assert 1 == len(tap.of(uid, "instance.pause.start"))
 
 

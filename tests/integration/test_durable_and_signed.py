@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
-from tests.helpers import EventTap
+from tests.taps import EventTap
 from worker.amqp.topology import host_queue
 from worker.codec import envelope, signing
 from worker.config import Config
@@ -156,11 +156,14 @@ def test_captured_signed_messages_cannot_be_replayed(
 
     once = uuid.uuid4().hex
     _signed_cast(cfg, key, args, unique_id=once)
-    _signed_cast(cfg, key, args, unique_id=once)  # captured and replayed within the window
     tap.wait_type(uid, "instance.pause.end")
-    time.sleep(1.0)
-    ends = tap.of(uid, "instance.pause.end")
-    assert 1 == len({e["message_id"] for e in ends})  # a replayed answer, never a second run
+    # Settled (acked) and so out of the running: a replay now meets the journal.
+    assert service.dispatcher.wait_settled(10)
+    _signed_cast(cfg, key, args, unique_id=once)  # captured and replayed within the window
+    ends = tap.wait_type(uid, "instance.pause.end", count=2)
+    assert 1 == len({e["message_id"] for e in ends})  # the journal's answer again
+    assert 1 == len(tap.of(uid, "instance.pause.start"))  # never a second run
+    assert service.dispatcher.wait_settled(10)  # counted once its confirm is in
     assert 2 == service.dispatcher.completed
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from kombu import Connection
+from structlog.testing import capture_logs
 
-from tests.helpers import EventTap, check_event, fill, small_disk
+from tests.brokers import wait_until
+from tests.helpers import check_event, fill, small_disk
+from tests.taps import EventTap, went_down
 from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
@@ -33,12 +35,13 @@ def test_a_full_state_dir_pauses_the_worker_and_every_cast_still_ends_once(
     said the journal was unusable and a later one that it is enabled again, and the state watch
     is still alive.
     """
-    with small_disk(tmp_path / "state") as state:
+    with small_disk(tmp_path / "state") as state, capture_logs() as logs:
         cfg = make_config(state_dir=str(state))
         tap = EventTap(cfg.transport_url, cfg.control_exchange,
                        cfg.notifications.notification_topic)
         service = Service(cfg, retry_sleep=lambda _s: None, sync_interval=0.5)
         service.start()
+        running = True
         try:
             uids = domains(4)
             sent: list[str] = []
@@ -61,26 +64,32 @@ def test_a_full_state_dir_pauses_the_worker_and_every_cast_still_ends_once(
                 tap.wait_for(lambda evs: any(e["event_type"] == "service.update"
                                              and "journal" in str(_disabled(e))
                                              for e in evs), timeout=20)
-                time.sleep(1.5)  # sync_interval: the state watch tries to save meanwhile
+                # The state watch syncs every 0.5 s and saves what it knows: it cannot now.
+                wait_until(lambda: any(e["event"] == "power_states_not_saved" for e in logs),
+                           10, "the state watch to fail a save on the full disk")
                 ended_while_full = sum(e["event_type"].endswith(".end") for e in tap.events)
                 assert service.faults.keys() == {"journal"}
                 filler.unlink()
                 events = tap.wait_for(lambda evs: sum(e["event_type"].endswith(".end")
                                                       for e in evs) >= len(sent), timeout=60)
-            time.sleep(0.5)
-            ends = Counter(e["message_id"] for e in tap.events
-                           if e["event_type"].endswith(".end"))
-            errors = [e for e in tap.events if e["event_type"].endswith(".error")]
             statuses = [_disabled(e) for e in events if e["event_type"] == "service.update"]
+            faults, watching = dict(service.faults), service.watch._thread.is_alive()
+            service.stop(grace=10)
+            running = False
+            everything = tap.wait_for(went_down)  # so an end published twice is in by now
+            ends = Counter(e["message_id"] for e in everything
+                           if e["event_type"].endswith(".end"))
+            errors = [e for e in everything if e["event_type"].endswith(".error")]
 
             assert ([], len(sent)) == (errors, len(ends))
             assert {1} == set(ends.values()), "an end event was published twice"
             assert ended_while_full < len(sent)
-            assert None is statuses[-1] and service.faults == {}
-            assert service.watch._thread.is_alive()
+            assert (None, {}) == (statuses[-1], faults)
+            assert watching
             assert len(sent) == service.dispatcher.completed
-            for event in tap.events:
+            for event in everything:
                 check_event(event)
         finally:
-            service.stop(grace=10)
+            if running:
+                service.stop(grace=10)
             tap.close()

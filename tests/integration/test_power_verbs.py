@@ -7,7 +7,9 @@ from collections.abc import Callable
 import libvirt
 import pytest
 
-from tests.helpers import EventTap, check_event, domain_state
+from tests.domains import TEST_URI, domain_state, state_of
+from tests.helpers import check_event
+from tests.taps import EventTap
 from worker.amqp.client import RemoteError, RpcClient
 from worker.config import Config
 from worker.service import Service
@@ -29,7 +31,7 @@ def test_pause_cast_pauses_domain_and_emits_start_and_end(
     assert ["instance.pause.start", "instance.pause.end"] == [
         e["event_type"] for e in tap.of(uid) if e["event_type"].startswith("instance.pause.")]
     assert (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER) == domain_state(
-        "test:///default", uid)
+        TEST_URI, uid)
     end = tap.of(uid, "instance.pause.end")[0]
     assert "paused" == end["payload"]["nova_object.data"]["power_state"]
     for event in tap.events:
@@ -58,7 +60,7 @@ def test_each_verb_reaches_its_state(worker: Service, rpc: RpcClient, tap: Event
                              count=sum(1 for s in steps[:number] if s[2] == action))
         data = ends[-1]["payload"]["nova_object.data"]
         assert (power, vm) == (data["power_state"], data["vm_state"]), method
-    assert libvirt.VIR_DOMAIN_RUNNING == domain_state("test:///default", uid)[0]
+    assert libvirt.VIR_DOMAIN_RUNNING == state_of(TEST_URI, uid)
     assert [] == [e for e in tap.of(uid) if e["event_type"].endswith(".error")]
 
 
@@ -73,7 +75,7 @@ def test_terminate_removes_domain_and_only_its_dir(
     rpc.cast(cfg.host, "terminate_instance", _inst(gone))
     end = tap.wait_type(gone, "instance.delete.end")[0]
     assert "deleted" == end["payload"]["nova_object.data"]["vm_state"]
-    assert None is domain_state("test:///default", gone)
+    assert None is domain_state(TEST_URI, gone)
     assert not (worker.paths.root / gone).exists()
     assert (worker.paths.root / keep / "disk").exists()
     # Terminating again: the domain is missing, which is success.

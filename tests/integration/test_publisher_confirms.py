@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -20,6 +19,8 @@ from worker.messages import Outgoing
 pytestmark = pytest.mark.integration
 
 MESSAGES = 20
+#: The broker's connection.close-ok frame (method 10.51 on channel 0), as it is on the wire.
+CLOSE_OK = b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x33\xce"
 
 
 @pytest.fixture
@@ -56,10 +57,14 @@ def test_late_acks_of_a_given_up_connection_complete_nothing_twice(
             futures.append(future)
         wait_until(lambda: any(e["event"] == "publisher_connection_lost" for e in logs), 10,
                    "the confirm timeout to drop the connection")
-        time.sleep(0.5)  # the old connection now waits for its close-ok, behind the relay
+        wait_until(lambda: relay.holding(CLOSE_OK), 10,
+                   "the old connection to wait for its close-ok, behind the relay")
         relay.release()
         wait_until(lambda: all(f.done() for f in futures), 15, "every publish to be confirmed")
-        time.sleep(2.0)  # a second completion, or the reconnect loop it caused, shows by now
+        # Confirmed after the requeued ones on the same connection: whatever their confirms
+        # (or the late acks) caused, a second completion or a reconnect, has happened.
+        publisher.send(Outgoing(cfg.control_exchange, f"{cfg.notification_topic}.info",
+                                b'{"n": "last"}')).result(10)
         publisher.stop(5)
     lost = [e["error"] for e in logs if e["event"] == "publisher_connection_lost"]
     assert [f"ConnectionError: no confirm within {cfg.rabbit.confirm_timeout}s"] == lost

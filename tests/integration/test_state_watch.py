@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import libvirt
 import pytest
 
-from tests.helpers import EventTap, check_event
+from tests.helpers import check_event
+from tests.taps import EventTap
 from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
@@ -52,19 +52,36 @@ def test_guest_power_off_is_reported_after_the_debounce(
 
 def test_our_own_verbs_are_not_reported_as_updates(
         worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config,
-        domains: Callable[[int], list[str]]) -> None:
-    """A hard reboot (a stop then a start in libvirt) gives reboot events, no instance.update."""
-    (uid,) = domains(1)
-    # The domain appearing (defined, then started) is news: wait until it is told.
-    tap.wait_for(lambda _: any(d["power_state"] == "running" for d in _updates(tap, uid)))
+        test_driver: libvirt.virConnect, domains: Callable[[int], list[str]]) -> None:
+    """A hard reboot (a stop then a start in libvirt) gives reboot events, no instance.update.
+
+    A second domain is the watch's witness: what it reports about that one comes after
+    everything the watch would have said about the first.
+    """
+    uid, witness = domains(2)
+    # The domains appearing (defined, then started) is news: wait until it is told.
+    for each in (uid, witness):
+        tap.wait_for(lambda _, u=each: any(d["power_state"] == "running"
+                                           for d in _updates(tap, u)))
     before = len(_updates(tap, uid))
     for _ in range(3):
         rpc.cast(cfg.host, "reboot_instance", {"instance": {"uuid": uid},
                                                "reboot_type": "HARD"})
     rpc.cast(cfg.host, "pause_instance", {"instance": {"uuid": uid}})
     tap.wait_type(uid, "instance.pause.end")
-    # Give a late lifecycle event time past the debounce to be (wrongly) reported,
-    # and make a full sync compare everything once more.
-    worker.watch.sync_now()
-    time.sleep(1.0)
+
+    # When the witness stops behind the worker's back, its stop is looked at after the same
+    # debounce as the reboots' stops, and later than all of them.
+    test_driver.lookupByUUIDString(witness).destroy()
+    tap.wait_for(lambda _: any(d["old_power_state"] == "running"
+                               for d in _updates(tap, witness)))
+    # And when two full syncs each find the witness other than the watch was told, the
+    # second one's report means the first compared every domain and had its say.
+    synced = sum(d["cause"] == "sync" for d in _updates(tap, witness))
+    for count in (synced + 1, synced + 2):
+        worker.watch.observed(witness, "running")
+        worker.watch.sync_now()
+        tap.wait_for(lambda _, n=count: n == sum(d["cause"] == "sync"
+                                                 for d in _updates(tap, witness)))
+
     assert before == len(_updates(tap, uid))

@@ -13,7 +13,7 @@ import pytest
 from kombu import Connection
 
 from tests.brokers import PrivateBroker, free_port
-from tests.helpers import EventTap
+from tests.taps import EventTap
 from worker import config as config_mod
 from worker.amqp.client import RpcClient
 from worker.config import Config

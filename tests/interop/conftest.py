@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 
-import libvirt
 import oslo_messaging
 import pytest
 from kombu import Connection, Exchange, Queue
 
+from tests.domains import QEMU_URI, Vm, connection, define_vms, qemu_domain_type, remove_domains
 from tests.interop.support import (
-    QEMU_URI,
     Recorder,
-    kvm_usable,
     notification_listener,
-    remove_qemu_domains,
     rpc_client,
     rpc_transport,
 )
 from worker.config import Config
 from worker.service import Service
-from worker.virt.domain_xml import DomainSpec, domain, to_string
 
 
 def _delete_names(service: Service) -> None:
@@ -86,28 +81,21 @@ def listener(cfg: Config, worker: Service) -> Iterator[Recorder]:
 
 
 @pytest.fixture(scope="session")
-def qemu_domain_type() -> str:
-    """``kvm`` where /dev/kvm opens, else ``qemu`` (TCG)."""
-    return "kvm" if kvm_usable() else "qemu"
+def domain_type() -> str:
+    """kvm where /dev/kvm works, else qemu (TCG); COMPUTE_WORKER_TEST_DOMAIN_TYPE forces one."""
+    with connection(QEMU_URI) as conn:
+        return qemu_domain_type(conn)
 
 
 @pytest.fixture
-def qemu_domains(qemu_domain_type: str) -> Iterator[Callable[[int], list[str]]]:
+def qemu_domains(domain_type: str) -> Iterator[Callable[[int], list[str]]]:
     """Factory for running tiny no-OS domains (64 MiB, 1 vCPU) on qemu:///system; removed after."""
-    made: list[str] = []
+    made: list[Vm] = []
 
     def make(count: int = 1) -> list[str]:
-        conn = libvirt.open(QEMU_URI)
-        try:
-            for _ in range(count):
-                uid = str(uuid.uuid4())
-                made.append(uid)
-                spec = DomainSpec(name=f"interop-{uid[:8]}", uuid=uid, memory_mib=64, vcpus=1,
-                                  domain_type=qemu_domain_type)
-                conn.defineXML(to_string(domain(spec))).create()
-        finally:
-            conn.close()
-        return made[-count:]
+        with connection(QEMU_URI) as conn:
+            new = define_vms(conn, domain_type, count, made, prefix="cw-interop-")
+        return [vm.uuid for vm in new]
 
     yield make
-    remove_qemu_domains(made)
+    remove_domains(QEMU_URI, [vm.uuid for vm in made])

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,13 +19,34 @@ from oslo_messaging import opts as oslo_opts
 from oslo_messaging._metrics import client as oslo_metrics
 from oslo_messaging._tracing import client as oslo_tracing
 
-from tests.helpers import domain_state, remove_domain
+from tests.taps import Gathered
 from worker.config import Config
 from worker.core import schemas
 
-QEMU_URI = "qemu:///system"
 #: What oslo's notification dispatcher hands an endpoint, plus the priority it called.
 OsloEvent = dict[str, Any]
+
+#: (method, extra kwargs, nova action, libvirt state after, wire power_state, vm_state)
+VERBS = [
+    ("pause_instance", {}, "pause", libvirt.VIR_DOMAIN_PAUSED, "paused", "paused"),
+    ("unpause_instance", {}, "unpause", libvirt.VIR_DOMAIN_RUNNING, "running", "active"),
+    ("suspend_instance", {}, "suspend", libvirt.VIR_DOMAIN_SHUTOFF, "shutdown", "suspended"),
+    ("resume_instance", {}, "resume", libvirt.VIR_DOMAIN_RUNNING, "running", "active"),
+    ("reboot_instance", {"reboot_type": "HARD"}, "reboot", libvirt.VIR_DOMAIN_RUNNING,
+     "running", "active"),
+    # On QEMU no OS answers ACPI: SOFT waits soft_reboot_timeout, then reboots hard.
+    ("reboot_instance", {"reboot_type": "SOFT"}, "reboot", libvirt.VIR_DOMAIN_RUNNING,
+     "running", "active"),
+    # Likewise a clean stop waits shutdown_timeout, then powers off.
+    ("stop_instance", {}, "power_off", libvirt.VIR_DOMAIN_SHUTOFF, "shutdown", "stopped"),
+    ("start_instance", {}, "power_on", libvirt.VIR_DOMAIN_RUNNING, "running", "active"),
+    ("terminate_instance", {}, "delete", None, None, "deleted"),
+]
+
+
+def new_ctxt() -> dict[str, str]:
+    """A request context as nova's scheduler passes it, with a fresh request_id."""
+    return {"request_id": f"req-{uuid.uuid4()}", "user_id": "u1", "project_id": "p1"}
 
 
 # --- oslo.config / oslo.messaging -----------------------------------------------------
@@ -76,20 +95,18 @@ def rpc_client(transport: oslo_messaging.Transport, cfg: Config,
     return oslo_messaging.get_rpc_client(transport, target)
 
 
-class Recorder:
+class Recorder(Gathered[OsloEvent]):
     """A notification endpoint keeping every event oslo hands it, in dispatch order."""
 
-    def __init__(self) -> None:
-        self.events: list[OsloEvent] = []
-        self._cond = threading.Condition()
+    @property
+    def events(self) -> list[OsloEvent]:
+        """Every event so far (the live list)."""
+        return self.items
 
     def _add(self, priority: str, ctxt: Any, publisher_id: str, event_type: str,
              payload: Any, metadata: dict[str, Any]) -> None:
-        with self._cond:
-            self.events.append({"priority": priority, "ctxt": ctxt, "publisher_id": publisher_id,
-                                "event_type": event_type, "payload": payload,
-                                "metadata": metadata})
-            self._cond.notify_all()
+        self.add({"priority": priority, "ctxt": ctxt, "publisher_id": publisher_id,
+                  "event_type": event_type, "payload": payload, "metadata": metadata})
 
     def info(self, ctxt: Any, publisher_id: str, event_type: str, payload: Any,
              metadata: dict[str, Any]) -> None:
@@ -103,10 +120,9 @@ class Recorder:
 
     def of(self, uid: str | None, event_type: str | None = None) -> list[OsloEvent]:
         """Events about one instance (None: events without an instance), optionally of a type."""
-        with self._cond:
-            return [e for e in self.events
-                    if data(e).get("uuid", data(e).get("instance_uuid")) == uid
-                    and (event_type is None or e["event_type"] == event_type)]
+        return [e for e in self.snapshot()
+                if data(e).get("uuid", data(e).get("instance_uuid")) == uid
+                and (event_type is None or e["event_type"] == event_type)]
 
     def types(self, uid: str | None) -> list[str]:
         """event_type of each verb's event about one instance, in order.
@@ -119,14 +135,9 @@ class Recorder:
     def wait_type(self, uid: str | None, event_type: str, count: int = 1,
                   timeout: float = 20.0) -> list[OsloEvent]:
         """Wait until count events of event_type about uid arrived; AssertionError if not."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.of(uid, event_type)) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    seen = [(e["event_type"], data(e).get("uuid")) for e in self.events]
-                    raise AssertionError(f"no {count}x {event_type} for {uid}; saw {seen}")
-                self._cond.wait(left)
+        if self.until(lambda _: len(self.of(uid, event_type)) >= count, timeout) is None:
+            seen = [(e["event_type"], data(e).get("uuid")) for e in self.snapshot()]
+            raise AssertionError(f"no {count}x {event_type} for {uid}; saw {seen}")
         return self.of(uid, event_type)
 
 
@@ -228,29 +239,3 @@ def delete_queues(cfg: Config, *names: str) -> None:
         channel = conn.channel()
         for name in names:
             Queue(name, channel=channel).delete()
-
-
-def state_of(uri: str, uid: str) -> int | None:
-    """libvirt's state code of a domain, through libvirt itself; None when it does not exist."""
-    found = domain_state(uri, uid)
-    return None if found is None else found[0]
-
-
-def kvm_usable() -> bool:
-    """True when /dev/kvm opens for read and write."""
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
-
-
-def remove_qemu_domains(uuids: list[str]) -> None:
-    """Destroy and undefine domains on qemu:///system, managed-save images included."""
-    conn = libvirt.open(QEMU_URI)
-    try:
-        for uid in uuids:
-            remove_domain(conn, uid)
-    finally:
-        conn.close()

@@ -10,50 +10,24 @@ import libvirt
 import oslo_messaging
 import pytest
 
+from tests.domains import TEST_URI, has_managed_save, state_of
 from tests.interop.support import (
+    VERBS,
     Recorder,
     check_oslo_event,
     data,
     delete_queues,
+    new_ctxt,
     notification_listener,
     rpc_client,
     rpc_transport,
-    state_of,
 )
 from worker.config import Config
 from worker.service import Service
 
 pytestmark = pytest.mark.interop
 
-TEST_URI = "test:///default"
 MISSING = "0f0e0d0c-0b0a-4909-8807-060504030201"
-
-#: (method, extra kwargs, nova action, libvirt state after, wire power_state, vm_state)
-VERBS = [
-    ("pause_instance", {}, "pause", libvirt.VIR_DOMAIN_PAUSED, "paused", "paused"),
-    ("unpause_instance", {}, "unpause", libvirt.VIR_DOMAIN_RUNNING, "running", "active"),
-    ("suspend_instance", {}, "suspend", libvirt.VIR_DOMAIN_SHUTOFF, "shutdown", "suspended"),
-    ("resume_instance", {}, "resume", libvirt.VIR_DOMAIN_RUNNING, "running", "active"),
-    ("reboot_instance", {"reboot_type": "HARD"}, "reboot", libvirt.VIR_DOMAIN_RUNNING,
-     "running", "active"),
-    ("reboot_instance", {"reboot_type": "SOFT"}, "reboot", libvirt.VIR_DOMAIN_RUNNING,
-     "running", "active"),
-    ("stop_instance", {}, "power_off", libvirt.VIR_DOMAIN_SHUTOFF, "shutdown", "stopped"),
-    ("start_instance", {}, "power_on", libvirt.VIR_DOMAIN_RUNNING, "running", "active"),
-    ("terminate_instance", {}, "delete", None, None, "deleted"),
-]
-
-
-def _ctxt() -> dict[str, str]:
-    return {"request_id": f"req-{uuid.uuid4()}", "user_id": "u1", "project_id": "p1"}
-
-
-def _has_managed_save(uid: str) -> bool:
-    conn = libvirt.open(TEST_URI)
-    try:
-        return bool(conn.lookupByUUIDString(uid).hasManagedSaveImage(0))
-    finally:
-        conn.close()
 
 
 def test_oslo_casts_every_verb_with_start_and_end_events(
@@ -63,7 +37,7 @@ def test_oslo_casts_every_verb_with_start_and_end_events(
     (uid,) = domains(1)
     counts: dict[str, int] = {}
     for method, extra, action, state, power, vm in VERBS:
-        ctxt = _ctxt()
+        ctxt = new_ctxt()
         client.cast(ctxt, method, instance={"uuid": uid, "name": "vm1"}, **extra)
         counts[action] = counts.get(action, 0) + 1
         end = listener.wait_type(uid, f"instance.{action}.end", counts[action])[-1]
@@ -73,7 +47,7 @@ def test_oslo_casts_every_verb_with_start_and_end_events(
             data(end)["host"], data(end)["request_id"], data(end)["fault"])
         assert state == state_of(TEST_URI, uid), method
         if action == "suspend":
-            assert _has_managed_save(uid)
+            assert has_managed_save(TEST_URI, uid)
     expected = [f"instance.{verb[2]}.{phase}" for verb in VERBS for phase in ("start", "end")]
     assert expected == listener.types(uid)
     for event in listener.of(uid):
@@ -87,10 +61,10 @@ def test_oslo_calls_the_two_queries(worker: Service, client: oslo_messaging.RPCC
                                     domains: Callable[[int], list[str]]) -> None:
     """oslo's call() returns get_instance_info and list_instances as libvirt sees them."""
     uids = domains(2)
-    info = client.call(_ctxt(), "get_instance_info", instance={"uuid": uids[0]})
+    info = client.call(new_ctxt(), "get_instance_info", instance={"uuid": uids[0]})
     assert (uids[0], "running", "active") == (info["uuid"], info["power_state"], info["vm_state"])
     assert (64 * 1024, 1) == (info["max_mem_kb"], info["num_cpu"])
-    listed = {i["uuid"]: i for i in client.call(_ctxt(), "list_instances")}
+    listed = {i["uuid"]: i for i in client.call(new_ctxt(), "list_instances")}
     assert set(uids) <= set(listed)
     assert {"uuid", "name", "power_state", "vm_state"} <= set(listed[uids[1]])
 
@@ -102,14 +76,14 @@ def test_call_without_a_version_is_served_as_1_0(
     (uid,) = domains(1)
     client = oslo_messaging.get_rpc_client(
         transport, oslo_messaging.Target(topic=cfg.topic, server=cfg.host))
-    assert uid == client.call(_ctxt(), "get_instance_info", instance={"uuid": uid})["uuid"]
+    assert uid == client.call(new_ctxt(), "get_instance_info", instance={"uuid": uid})["uuid"]
 
 
 def test_unknown_method_is_no_such_method(worker: Service,
                                           client: oslo_messaging.RPCClient) -> None:
     """A call of an unknown method raises oslo's RemoteError with exc_type NoSuchMethod."""
     with pytest.raises(oslo_messaging.RemoteError) as caught:
-        client.call(_ctxt(), "no_such_verb")
+        client.call(new_ctxt(), "no_such_verb")
     assert "NoSuchMethod" == caught.value.exc_type
     assert "Endpoint does not support RPC method no_such_verb" == caught.value.value
 
@@ -121,7 +95,7 @@ def test_unserved_version_is_unsupported_version(
     """A call at a version the worker does not serve raises RemoteError UnsupportedVersion."""
     (uid,) = domains(1)
     with pytest.raises(oslo_messaging.RemoteError) as caught:
-        client.prepare(version=version).call(_ctxt(), "get_instance_info",
+        client.prepare(version=version).call(new_ctxt(), "get_instance_info",
                                              instance={"uuid": uid})
     assert "UnsupportedVersion" == caught.value.exc_type
     assert f"Endpoint does not support RPC version {version}" in caught.value.value
@@ -133,9 +107,9 @@ def test_dispatcher_failures_rebuild_as_oslo_exceptions(
     with rpc_transport(cfg, allowed_remote_exmods=["oslo_messaging.rpc.dispatcher"]) as transport:
         client = rpc_client(transport, cfg)
         with pytest.raises(oslo_messaging.NoSuchMethod) as no_method:
-            client.call(_ctxt(), "no_such_verb")
+            client.call(new_ctxt(), "no_such_verb")
         with pytest.raises(oslo_messaging.UnsupportedVersion) as unsupported:
-            client.prepare(version="2.0").call(_ctxt(), "list_instances")
+            client.prepare(version="2.0").call(new_ctxt(), "list_instances")
     assert "NoSuchMethod_Remote" == type(no_method.value).__name__
     assert "UnsupportedVersion_Remote" == type(unsupported.value).__name__
 
@@ -144,9 +118,9 @@ def test_failing_handler_is_instance_not_found(
         worker: Service, client: oslo_messaging.RPCClient, listener: Recorder) -> None:
     """An unknown UUID fails a call with InstanceNotFound and a cast with an ERROR event."""
     with pytest.raises(oslo_messaging.RemoteError) as caught:
-        client.call(_ctxt(), "get_instance_info", instance={"uuid": MISSING})
+        client.call(new_ctxt(), "get_instance_info", instance={"uuid": MISSING})
     assert ("InstanceNotFound", MISSING) == (caught.value.exc_type, caught.value.value)
-    client.cast(_ctxt(), "pause_instance", instance={"uuid": MISSING})
+    client.cast(new_ctxt(), "pause_instance", instance={"uuid": MISSING})
     error = listener.wait_type(MISSING, "instance.pause.error")[0]
     assert ["instance.pause.start", "instance.pause.error"] == listener.types(MISSING)
     assert "ERROR" == error["priority"]
@@ -158,7 +132,7 @@ def test_failing_handler_is_instance_not_found(
 def test_unservable_casts_reach_the_error_endpoint(
         worker: Service, client: oslo_messaging.RPCClient, listener: Recorder) -> None:
     """Casts with bad arguments or an unknown method come back as rpc_message.reject.error."""
-    ctxt = _ctxt()
+    ctxt = new_ctxt()
     client.cast(ctxt, "pause_instance", instance={"uuid": "not-a-uuid"})
     client.cast(ctxt, "refresh_cache", x=1)
     bad_args = listener.wait_type("not-a-uuid", "rpc_message.reject.error")[0]
@@ -179,9 +153,9 @@ def test_events_published_before_the_listener_are_kept(
         domains: Callable[[int], list[str]]) -> None:
     """Events sent before oslo's listener exists wait in the pre-declared queue for it."""
     (uid,) = domains(1)
-    client.cast(_ctxt(), "pause_instance", instance={"uuid": uid})
+    client.cast(new_ctxt(), "pause_instance", instance={"uuid": uid})
     # Same instance: this call runs after the pause has finished and its events are confirmed.
-    assert "paused" == client.call(_ctxt(), "get_instance_info",
+    assert "paused" == client.call(new_ctxt(), "get_instance_info",
                                    instance={"uuid": uid})["power_state"]
     recorder = Recorder()
     with notification_listener(cfg, recorder):
@@ -201,7 +175,7 @@ def test_listener_declaring_first_matches_the_worker(
     recorder = Recorder()
     with notification_listener(cfg, recorder), rpc_transport(cfg) as transport:
         start_worker(cfg)
-        rpc_client(transport, cfg).cast(_ctxt(), "pause_instance", instance={"uuid": uid})
+        rpc_client(transport, cfg).cast(new_ctxt(), "pause_instance", instance={"uuid": uid})
         recorder.wait_type(uid, "instance.pause.end")
         recorder.wait_type(None, "service.update")
     assert ["instance.pause.start", "instance.pause.end"] == recorder.types(uid)
@@ -219,9 +193,9 @@ def test_durable_deployment_matches_oslo_flags(
             rpc_transport(durable, amqp_durable_queues=True) as transport:
         start_worker(durable)
         client = rpc_client(transport, durable)
-        client.cast(_ctxt(), "pause_instance", instance={"uuid": uid})
+        client.cast(new_ctxt(), "pause_instance", instance={"uuid": uid})
         recorder.wait_type(uid, "instance.pause.end")
-        info = client.call(_ctxt(), "get_instance_info", instance={"uuid": uid})
+        info = client.call(new_ctxt(), "get_instance_info", instance={"uuid": uid})
     assert "paused" == info["power_state"]
     assert ["instance.pause.start", "instance.pause.end"] == recorder.types(uid)
 
@@ -237,7 +211,7 @@ def test_fanout_cast_reaches_the_worker(
     with notification_listener(private, recorder), rpc_transport(private) as transport:
         target = oslo_messaging.Target(topic=private.topic, fanout=True, version="1.0")
         oslo_messaging.get_rpc_client(transport, target).cast(
-            _ctxt(), "pause_instance", instance={"uuid": uid})
+            new_ctxt(), "pause_instance", instance={"uuid": uid})
         recorder.wait_type(uid, "instance.pause.end")
     assert libvirt.VIR_DOMAIN_PAUSED == state_of(TEST_URI, uid)
 
@@ -247,7 +221,7 @@ def test_call_with_bad_arguments_is_answered(worker: Service, client: oslo_messa
     """A call whose arguments fail the schema gets RemoteError InvalidArguments, not a timeout."""
     (uid,) = domains(1)
     with pytest.raises(oslo_messaging.RemoteError) as caught:
-        client.prepare(timeout=10).call(_ctxt(), "stop_instance", instance={"uuid": uid},
+        client.prepare(timeout=10).call(new_ctxt(), "stop_instance", instance={"uuid": uid},
                                         clean_shutdown="yes")
     assert "InvalidArguments" == caught.value.exc_type
     assert libvirt.VIR_DOMAIN_RUNNING == state_of(TEST_URI, uid)
@@ -278,8 +252,8 @@ def test_worker_shares_exchange_and_queues_with_an_oslo_server(
             start_worker(shared)
             to_oslo = oslo_messaging.get_rpc_client(transport, oslo_messaging.Target(
                 topic=shared.topic, server=f"oslo-{shared.host}", version="1.0"))
-            assert {"echo": 7} == to_oslo.call(_ctxt(), "echo", value=7)
-            info = rpc_client(transport, shared).call(_ctxt(), "get_instance_info",
+            assert {"echo": 7} == to_oslo.call(new_ctxt(), "echo", value=7)
+            info = rpc_client(transport, shared).call(new_ctxt(), "get_instance_info",
                                                       instance={"uuid": uid})
         finally:
             server.stop()
@@ -318,7 +292,7 @@ def _failure_class(transport: oslo_messaging.Transport, topic: str, server: str,
     target = oslo_messaging.Target(topic=topic, server=server, version=version,
                                    namespace=namespace)
     try:
-        oslo_messaging.get_rpc_client(transport, target, timeout=10).call(_ctxt(), method)
+        oslo_messaging.get_rpc_client(transport, target, timeout=10).call(new_ctxt(), method)
     except oslo_messaging.RemoteError as exc:
         return f"{exc.exc_type}: {exc.value}"
     return "served"
@@ -361,7 +335,7 @@ def test_fanout_cast_events_from_two_hosts_have_distinct_message_ids(
         target = oslo_messaging.Target(topic=first.topic, fanout=True, version="1.0")
         # An instance neither host has: each answers with its own start and error events.
         oslo_messaging.get_rpc_client(transport, target).cast(
-            _ctxt(), "pause_instance", instance={"uuid": MISSING})
+            new_ctxt(), "pause_instance", instance={"uuid": MISSING})
         errors = recorder.wait_type(MISSING, "instance.pause.error", count=2)
     assert {first.host, second.host} == {data(e)["host"] for e in errors}
     events = [e for e in recorder.of(MISSING) if e["event_type"] != "instance.update"]

@@ -6,23 +6,22 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 from kombu import Message
 
-from tests.helpers import check_event
-from tests.interop.support import RawQueue, publish_raw, state_of
+from tests.domains import TEST_URI, state_of
+from tests.helpers import check_event, wire_samples
+from tests.interop.support import RawQueue, publish_raw
 from worker.amqp.topology import control_exchange, fanout_exchange
 from worker.config import Config
 from worker.service import Service
 
 pytestmark = pytest.mark.interop
 
-#: A copy of /work/shared/wire-samples.json (oslo.messaging 18.3.1 on RabbitMQ 3.10).
-SAMPLES: dict[str, Any] = json.loads((Path(__file__).parent / "wire-samples.json").read_text())
+SAMPLES = wire_samples()
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
 
 
@@ -81,7 +80,7 @@ def test_captured_cast_is_served(worker: Service, events: RawQueue, cfg: Config,
     inner["version"] = "1.0"  # the sample speaks nova's 6.0 API; the worker serves 1.0
     publish_raw(cfg, _body(inner), control_exchange(cfg), f"{cfg.topic}.{cfg.host}")
     start, end = _events_about(events, uid, 2)
-    assert libvirt.VIR_DOMAIN_PAUSED == state_of("test:///default", uid)
+    assert libvirt.VIR_DOMAIN_PAUSED == state_of(TEST_URI, uid)
     assert (["instance.pause.start", "instance.pause.end"]
             == [start[1]["event_type"], end[1]["event_type"]])
     oslo_outer, oslo_event = (SAMPLES["notification"]["body"],

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from hypothesis import settings
 from hypothesis import strategies as st
 
-#: A copy of /work/shared/wire-samples.json: messages oslo.messaging 18.3.1 put on a real broker.
-WIRE_SAMPLES: dict[str, Any] = json.loads(
-    (Path(__file__).parent / "wire_samples.json").read_text("utf-8")
-)
+from tests.helpers import wire_samples
+
+WIRE_SAMPLES = wire_samples()
 CALL_SAMPLES = ("call_ok", "call_failure", "call_no_such_method", "call_monitor_heartbeats")
 
 #: Enough examples to find shape bugs, few enough to keep the tier fast; no example database
