@@ -23,6 +23,9 @@ from worker.core import schemas
 from worker.virt.domain_xml import DomainSpec, domain, to_string
 
 Event = dict[str, Any]
+#: Runs a test on the worker's fast path and again on kombu's (fast_path off); the
+#: test, or a fixture it uses (conftest's cfg), takes the fast_path fixture.
+BOTH_PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "kombu-path"])
 
 
 def check_event(event: Event) -> None:

@@ -65,6 +65,10 @@ class Config:
     prefetch_count: int = _opt(64, "unacked messages the broker may hand over", minimum=1)
     heartbeat: int = _opt(20, "AMQP heartbeat in seconds (0 turns it off)", minimum=0)
     confirm_timeout: float = _opt(30.0, "seconds to wait for a publisher confirm", minimum=0.1)
+    fast_path: bool = _opt(
+        True, "plain-TCP broker connections read and write frames in batches on the socket; "
+        "off: every frame through kombu and py-amqp's own calls (as over TLS)"
+    )
     notification_topic: str = _opt("versioned_notifications", "events go to <topic>.<priority>")
     publisher_id: str = _opt("", "publisher_id of events (default compute-worker:<host>)")
     amqp_durable_queues: bool = _opt(

@@ -115,7 +115,7 @@ class FrameReader:
         """
         self._connection = connection
         self._sock = sock
-        self._on_confirm = on_confirm
+        self.on_confirm = on_confirm
         self._buffer = bytearray()
 
     def pump(self) -> int:
@@ -155,7 +155,7 @@ class FrameReader:
         position = 0
         count = 0
         on_frame = self._connection.on_inbound_frame
-        on_confirm = self._on_confirm
+        on_confirm = self.on_confirm
         try:
             while len(buffer) - position >= 8:
                 frame_type, channel, size = _FRAME_HEADER.unpack_from(buffer, position)
