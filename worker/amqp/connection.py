@@ -1,56 +1,117 @@
-"""Broker connections: the one place that knows how to open one (heartbeat, TLS, confirms)."""
+"""Broker connections: the one place that knows how to open one (nodes, heartbeat, TLS)."""
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kombu import Connection
+from kombu.utils.url import maybe_sanitize_url
 
+from worker import logs
 from worker.config import Config
+
+log = logs.get(__name__)
 
 #: py-amqp's callbacks for RabbitMQ's connection.blocked (with a reason) and unblocked.
 Blocked = Callable[[str], None]
 Unblocked = Callable[[], None]
+T = TypeVar("T")
 
 
-def connection_for(cfg: Config, *, confirm: bool = False, on_blocked: Blocked | None = None,
+def node_urls(transport_url: str) -> list[str]:
+    """The broker nodes of a transport URL: oslo's and kombu's ``url1;url2;...``."""
+    return [url.strip() for url in transport_url.split(";") if url.strip()]
+
+
+def masked(url: str) -> str:
+    """url with its password masked, for logs."""
+    return str(maybe_sanitize_url(url, mask="***"))
+
+
+def connection_for(cfg: Config, *, url: str | None = None, confirm: bool = False,
+                   on_blocked: Blocked | None = None,
                    on_unblocked: Unblocked | None = None) -> Connection:
     """A kombu connection with heartbeats on (kombu's default negotiates them off).
 
+    url is one node of cfg.transport_url; without it, the whole of it (kombu
+    then fails over by itself, for the short-lived connections of the CLI).
     on_blocked(reason) and on_unblocked() are py-amqp's callbacks for RabbitMQ's
     connection.blocked/unblocked (py-amqp advertises the capability): kombu
     hands transport_options to ``amqp.Connection(...)`` as they are. They run
     on whichever thread reads the connection's frames.
     """
+    url = cfg.transport_url if url is None else url
     options: dict[str, Any] = {"confirm_publish": confirm}
     if on_blocked is not None:
         options["on_blocked"] = on_blocked
     if on_unblocked is not None:
         options["on_unblocked"] = on_unblocked
-    if cfg.transport_url.startswith("memory://"):
+    if url.startswith("memory://"):
         # The in-memory transport polls; keep its latency low for the demo.
         options = {"polling_interval": 0.005}
     tls: Any = None
     if cfg.ssl_ca_file:
         tls = {"ca_certs": cfg.ssl_ca_file, "cert_reqs": ssl.CERT_REQUIRED}
-    elif cfg.transport_url.startswith("amqps://"):
+    elif url.startswith("amqps://"):
         tls = True  # the system's CA store
-    return Connection(cfg.transport_url, heartbeat=cfg.heartbeat, transport_options=options,
+    return Connection(url, heartbeat=cfg.heartbeat, transport_options=options,
                       connect_timeout=10, ssl=tls)
 
 
-def open_connection(cfg: Config, *, on_blocked: Blocked | None = None,
-                    on_unblocked: Unblocked | None = None) -> Connection:
-    """connection_for(cfg), connected with one try; released again if that fails.
-
-    For reconnecting(), which owns the retries and the backoff between them.
-    """
-    conn = connection_for(cfg, on_blocked=on_blocked, on_unblocked=on_unblocked)
+def open_node(cfg: Config, url: str, *, on_blocked: Blocked | None = None,
+              on_unblocked: Unblocked | None = None) -> Connection:
+    """connection_for(cfg, url=url), connected with one try; released again if that fails."""
+    conn = connection_for(cfg, url=url, on_blocked=on_blocked, on_unblocked=on_unblocked)
     try:
-        conn.ensure_connection(max_retries=1)
+        # No retries of kombu's own: Nodes tries the other nodes, reconnecting() backs off.
+        conn.ensure_connection(max_retries=0)
     except Exception:
         conn.release()
         raise
     return conn
+
+
+class Nodes(Generic[T]):
+    """One connection's broker nodes, tried in turn, each open() starting after the last one used.
+
+    open() tries every node once before it gives up (and reconnecting() backs
+    off): with nodes a and b down, c is reached at once. A round starts after
+    the node the connection was on last, which is the one that just failed.
+    The consuming and the publishing connection keep a Nodes each, so each
+    fails over on its own.
+    """
+
+    def __init__(self, urls: list[str], connect: Callable[[str], T], *, name: str) -> None:
+        """connect(url) opens one node or raises; name prefixes the log events."""
+        if not urls:
+            raise ValueError("no broker URL")
+        self.urls = urls
+        self._connect = connect
+        self._name = name
+        self._start = 0
+        #: The node of the last open() that worked, its password masked ("" before any).
+        self.current = ""
+
+    def round(self) -> list[int]:
+        """The order the next open() tries the nodes in, as indexes into urls."""
+        return [(self._start + step) % len(self.urls) for step in range(len(self.urls))]
+
+    def open(self) -> T:
+        """The first node of the round that opens; the last node's error if none does."""
+        error: Exception | None = None
+        for index in self.round():
+            try:
+                conn = self._connect(self.urls[index])
+            except Exception as exc:
+                error = exc
+                if len(self.urls) > 1:  # with one node, reconnecting() logs the error itself
+                    log.warning(f"{self._name}_node_unreachable", url=masked(self.urls[index]),
+                                error=f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            self._start = (index + 1) % len(self.urls)
+            self.current = masked(self.urls[index])
+            return conn
+        assert error is not None
+        raise error

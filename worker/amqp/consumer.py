@@ -13,7 +13,7 @@ from kombu import Consumer as KombuConsumer
 from kombu import Message
 
 from worker import logs
-from worker.amqp.connection import open_connection
+from worker.amqp.connection import Nodes, node_urls, open_node
 from worker.amqp.topology import declared_only, rpc_queues
 from worker.amqp.waker import Waker
 from worker.amqp.wire import Owed, Wire, wire_for
@@ -39,6 +39,8 @@ class Consumer:
         self._paused = threading.Event()
         self._consumer: KombuConsumer | None = None
         self._waker = Waker()
+        self._nodes = Nodes(node_urls(cfg.transport_url), lambda url: open_node(cfg, url),
+                            name="consumer")
         self.fanout_unique = uuid.uuid4().hex
         self.connected = threading.Event()
         #: Set when the first connection found another worker on this host's queue.
@@ -65,7 +67,7 @@ class Consumer:
     def run(self) -> None:
         """Consume until stop(), reconnecting with backoff when the broker goes away."""
         try:
-            reconnecting(lambda: open_connection(self.cfg), self._serve, name="consumer",
+            reconnecting(self._nodes.open, self._serve, name="consumer",
                          stopping=self._stop.is_set)
         finally:
             self._waker.close()
@@ -88,7 +90,7 @@ class Consumer:
         if consuming:
             self._consume(consumer)
         self.connected.set()
-        log.info("consumer_connected", url=conn.as_uri(),
+        log.info("consumer_connected", url=self._nodes.current,
                  queues=[q.name for q in queues], prefetch=self.cfg.prefetch_count,
                  wire=type(wire).__name__)
         try:

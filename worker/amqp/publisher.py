@@ -25,7 +25,7 @@ from kombu import Connection
 
 from worker import logs
 from worker.amqp.confirms import Block, Item, Unconfirmed, complete
-from worker.amqp.connection import open_connection
+from worker.amqp.connection import Nodes, node_urls, open_node
 from worker.amqp.topology import control_exchange, notification_queues
 from worker.amqp.waker import Waker
 from worker.amqp.wire import Publish, Wire, wire_for
@@ -75,6 +75,7 @@ class Publisher:
         self._queue: deque[Item] = deque()
         self._lock = threading.Lock()
         self._waker = Waker()
+        self._nodes = Nodes(node_urls(cfg.transport_url), self._connect, name="publisher")
         self._watches: dict[int, _Watch] = {}
         self._watch_ids = 0
         self._returned_calls: OrderedDict[str, None] = OrderedDict()
@@ -157,13 +158,13 @@ class Publisher:
 
     def _run(self) -> None:
         try:
-            reconnecting(self._connect, self._serve, name="publisher",
+            reconnecting(self._nodes.open, self._serve, name="publisher",
                          stopping=lambda: self._stopping and not self._queue and not self._held)
         finally:
             self._waker.close()
 
-    def _connect(self) -> Connection:
-        return open_connection(self.cfg, on_blocked=self._blocked, on_unblocked=self._unblocked)
+    def _connect(self, url: str) -> Connection:
+        return open_node(self.cfg, url, on_blocked=self._blocked, on_unblocked=self._unblocked)
 
     def _blocked(self, reason: str) -> None:
         # From py-amqp, on this thread, while it reads a frame (never under self._lock).
@@ -197,7 +198,7 @@ class Publisher:
             channel, lambda tag, multiple, nacked: unconfirmed.settle(
                 tag, multiple, "nacked by broker" if nacked else None), self._returned)
         self._connected.set()
-        log.info("publisher_connected", url=conn.as_uri(), confirms=wire.confirms,
+        log.info("publisher_connected", url=self._nodes.current, confirms=wire.confirms,
                  wire=type(wire).__name__)
         try:
             self._pump(wire, publish, unconfirmed if wire.confirms else None)
