@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import libvirt
 import pytest
 import structlog
 from kombu import Connection
+from structlog.testing import capture_logs
 
 from tests.brokers import delete_names, notification_names, service_names
 from tests.domains import TEST_URI, Vm, define_vms, remove_domains
@@ -25,6 +27,9 @@ from worker.service import Service
 BROKER_URL = os.environ.get("COMPUTE_WORKER_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 
 logs.setup("warning")
+# Loggers stay uncached, so that info_logs can lower the level for one test: a cached
+# logger keeps the level it was first used at.
+structlog.configure(cache_logger_on_first_use=False)
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +37,17 @@ def _fresh_log_context() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
     yield
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture
+def info_logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every log event from info up while the test runs (the suite logs warnings and worse)."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        with capture_logs() as captured:
+            yield captured
+    finally:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 @pytest.fixture(scope="session")
@@ -83,9 +99,15 @@ def make_config(tmp_path: Path, broker_url: str) -> Iterator[Callable[..., Confi
 
 
 @pytest.fixture
-def cfg(make_config: Callable[..., Config]) -> Config:
+def fast_path() -> bool:
+    """The worker's fast_path option; a module parametrizes it to run on kombu's path too."""
+    return True
+
+
+@pytest.fixture
+def cfg(make_config: Callable[..., Config], fast_path: bool) -> Config:
     """The default per-test config (test driver, real broker)."""
-    return make_config()
+    return make_config(fast_path=fast_path)
 
 
 @pytest.fixture

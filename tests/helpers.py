@@ -25,6 +25,9 @@ WORKER_BIN = str(Path(sys.executable).with_name("compute-worker"))
 CHECKOUT = Path(__file__).resolve().parents[1]
 #: A copy of /work/shared/wire-samples.json: messages oslo.messaging 18.3.1 put on RabbitMQ 3.10.
 WIRE_SAMPLES_FILE = Path(__file__).with_name("wire-samples.json")
+#: Runs a test on the worker's fast path and again on kombu's (fast_path off); the
+#: test, or a fixture it uses (conftest's cfg), takes the fast_path fixture.
+BOTH_PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "kombu-path"])
 
 
 def check_event(event: Event) -> None:

@@ -27,14 +27,20 @@ class Relay:
         self.url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
         self.connections = 0
         self._buffers: list[bytearray] = []  # what each connection holds back now
+        #: What each client sent first (up to 64 KiB), by link number from 1.
+        self.client_bytes: dict[int, bytearray] = {}
         self._held = threading.Event()
+        self._held_links: set[int] = set()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, name="relay", daemon=True)]
         self._threads[0].start()
 
-    def hold(self) -> None:
-        """From now on keep what the broker sends (the client still reaches the broker)."""
-        self._held.set()
+    def hold(self, link: int | None = None) -> None:
+        """Keep what the broker sends from now on, on one link or on all; clients still reach it."""
+        if link is None:
+            self._held.set()
+        else:
+            self._held_links.add(link)
 
     def holding(self, data: bytes) -> bool:
         """True when some connection holds back bytes from the broker that contain data."""
@@ -42,7 +48,15 @@ class Relay:
 
     def release(self) -> None:
         """Deliver everything held, and forward at once again."""
+        self._held_links.clear()
         self._held.clear()
+
+    def link_that_sent(self, marker: bytes) -> int | None:
+        """The first link whose client has sent marker (a method's class and method id, say)."""
+        for number, sent in sorted(self.client_bytes.items()):
+            if marker in sent:
+                return number
+        return None
 
     def close(self) -> None:
         """Stop relaying and close every connection."""
@@ -59,18 +73,21 @@ class Relay:
                 continue
             upstream = socket.create_connection(self._target, timeout=5)
             self.connections += 1
-            thread = threading.Thread(target=self._link, args=(client, upstream),
+            self.client_bytes[self.connections] = bytearray()
+            thread = threading.Thread(target=self._link, args=(client, upstream, self.connections),
                                       name=f"relay-{self.connections}", daemon=True)
             self._threads.append(thread)
             thread.start()
 
-    def _link(self, client: socket.socket, upstream: socket.socket) -> None:
+    def _link(self, client: socket.socket, upstream: socket.socket, number: int) -> None:
         held = bytearray()
         self._buffers.append(held)
         upstream_open = True
+        first = self.client_bytes[number]
         with contextlib.suppress(OSError), client, upstream:
             while not self._stop.is_set():
-                if held and not self._held.is_set():
+                holding = self._held.is_set() or number in self._held_links
+                if held and not holding:
                     client.sendall(held)
                     held.clear()
                 if not upstream_open and not held:
@@ -81,6 +98,8 @@ class Relay:
                     data = client.recv(1 << 16)
                     if not data:
                         return
+                    if len(first) < 1 << 16:
+                        first += data
                     upstream.sendall(data)
                 if upstream in ready:
                     data = upstream.recv(1 << 16)

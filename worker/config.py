@@ -79,6 +79,10 @@ class RabbitOptions:
     )
     prefetch_count: int = _opt(64, "unacked messages the broker may hand over", minimum=1)
     confirm_timeout: float = _opt(30.0, "seconds to wait for a publisher confirm", minimum=0.1)
+    fast_path: bool = _opt(
+        True, "plain-TCP broker connections read and write frames in batches on the socket; "
+        "off: every frame through kombu and py-amqp's own calls (as over TLS)"
+    )
     ssl_ca_file: str = _opt("", "CA bundle to verify the broker's certificate (amqps://)")
 
 

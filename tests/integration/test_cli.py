@@ -112,7 +112,8 @@ def test_events_command_prints_json_lines(cfg: Config, config_file: Path) -> Non
     lines: list[dict[str, object]] = []
     try:
         # Its queue is bound before the worker starts, so it sees the worker's first event.
-        wait_bound(cfg.transport_url, control_exchange(cfg), f"{cfg.notification_topic}.probe")
+        wait_bound(cfg.transport_url, control_exchange(cfg),
+                   f"{cfg.notifications.notification_topic}.probe")
         worker = subprocess.Popen(CLI + ["run", "--config", str(config_file)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert events.stdout is not None

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import libvirt
 import pytest
 from kombu import Connection, Exchange, Producer, Queue
 
 from tests.domains import TEST_URI, state_of
-from tests.helpers import check_event
+from tests.helpers import BOTH_PATHS, check_event
 from tests.taps import EventTap
 from worker.amqp.client import RemoteError, RpcClient
 from worker.amqp.topology import host_queue
@@ -19,7 +20,8 @@ from worker.codec import envelope
 from worker.config import Config
 from worker.service import Service
 
-pytestmark = pytest.mark.integration
+# Delivery is what the transport path decides: every test here runs on both.
+pytestmark = [pytest.mark.integration, BOTH_PATHS]
 
 
 def _publish_raw(cfg: Config, body: bytes, routing_key: str | None = None,
@@ -150,3 +152,19 @@ def test_events_wait_in_the_default_queue_for_late_consumers(
             kept.append(envelope.unwrap(message.body, 1 << 20))
     assert {"service.update", "instance.pause.start", "instance.pause.end"} <= {
         e["event_type"] for e in kept}
+
+
+def test_the_worker_takes_the_path_fast_path_picks(
+        cfg: Config, fast_path: bool, rpc: RpcClient,
+        info_logs: list[MutableMapping[str, Any]]) -> None:
+    """On plain TCP both connections take FastWire, or PolledWire with fast_path off; calls work."""
+    service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
+    service.start()
+    try:
+        assert isinstance(rpc.call(cfg.host, "list_instances", {}, timeout=10), list)
+    finally:
+        service.stop(grace=5)
+    wire = "FastWire" if fast_path else "PolledWire"
+    assert [("consumer_connected", wire), ("publisher_connected", wire)] == sorted(
+        (e["event"], e["wire"]) for e in info_logs
+        if e["event"] in ("consumer_connected", "publisher_connected"))

@@ -1,26 +1,38 @@
-"""Publisher confirms across a lost connection, on a real broker behind a relay that holds acks."""
+"""Publisher confirms on a real broker behind a relay that holds acks: settling, lost links."""
 
 from __future__ import annotations
 
 import dataclasses
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import pytest
+from kombu import Connection
 from structlog.testing import capture_logs
 
-from tests.brokers import wait_until
+from tests.brokers import queue_counts, wait_until
+from tests.helpers import BOTH_PATHS, EventTap
 from tests.relay import Relay
+from worker.amqp.client import RpcClient
 from worker.amqp.publisher import Publisher
+from worker.amqp.topology import host_queue
 from worker.config import Config
 from worker.messages import Outgoing
+from worker.service import Service
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, BOTH_PATHS]
 
 MESSAGES = 20
 #: The broker's connection.close-ok frame (method 10.51 on channel 0), as it is on the wire.
 CLOSE_OK = b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x33\xce"
+PAIRS = 50
+
+
+def info_key(cfg: Config) -> str:
+    """The routing key of an info event of cfg's worker."""
+    return f"{cfg.notifications.notification_topic}.info"
 
 
 @pytest.fixture
@@ -32,7 +44,7 @@ def relay(broker_url: str) -> Iterator[Relay]:
 
 
 def test_late_acks_of_a_given_up_connection_complete_nothing_twice(
-        make_config: Callable[..., Config], relay: Relay) -> None:
+        make_config: Callable[..., Config], relay: Relay, fast_path: bool) -> None:
     """Messages requeued after a confirm timeout are confirmed once, though the old acks come late.
 
     Given a publisher whose broker acks are held back until its confirm timeout fires, when
@@ -41,7 +53,8 @@ def test_late_acks_of_a_given_up_connection_complete_nothing_twice(
     resolves exactly once: no InvalidStateError, no second reconnect.
     """
     # Names come from a config on the shared broker, so the fixture deletes them afterwards.
-    cfg = dataclasses.replace(make_config(confirm_timeout=1.0), transport_url=relay.url)
+    cfg = dataclasses.replace(make_config(confirm_timeout=1.0, fast_path=fast_path),
+                              transport_url=relay.url)
     publisher = Publisher(cfg)
     calls: Counter[int] = Counter()
     with capture_logs() as logs:
@@ -63,7 +76,7 @@ def test_late_acks_of_a_given_up_connection_complete_nothing_twice(
         wait_until(lambda: all(f.done() for f in futures), 15, "every publish to be confirmed")
         # Confirmed after the requeued ones on the same connection: whatever their confirms
         # (or the late acks) caused, a second completion or a reconnect, has happened.
-        publisher.send(Outgoing(cfg.control_exchange, f"{cfg.notification_topic}.info",
+        publisher.send(Outgoing(cfg.control_exchange, info_key(cfg),
                                 b'{"n": "last"}')).result(10)
         publisher.stop(5)
     lost = [e["error"] for e in logs if e["event"] == "publisher_connection_lost"]
@@ -71,3 +84,60 @@ def test_late_acks_of_a_given_up_connection_complete_nothing_twice(
     assert 2 == relay.connections
     assert [None] * MESSAGES == [f.result(0) for f in futures]
     assert {n: 1 for n in range(MESSAGES)} == dict(calls)
+
+
+# confirm.select (class 85, method 10): of the worker's connections only the publisher's sends it.
+CONFIRM_SELECT = struct.pack(">HH", 85, 10)
+
+
+def test_a_cast_is_acked_only_once_the_broker_confirms_its_events(
+        make_config: Callable[..., Config], relay: Relay, broker_url: str, fast_path: bool,
+        domains: Callable[[int], list[str]]) -> None:
+    """A served cast stays unacked while its events' confirms are held back, and is acked after.
+
+    Given a worker whose connections run through a relay, when the broker's side of the
+    publishing connection is held and a pause is cast, then the end event reaches the broker
+    but the cast stays unacked; released, the confirms arrive and the cast is acked.
+    """
+    cfg = dataclasses.replace(make_config(fast_path=fast_path), transport_url=relay.url)
+    (uid,) = domains(1)
+    tap = EventTap(broker_url, cfg.control_exchange, cfg.notifications.notification_topic)
+    service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
+    try:
+        service.start()
+        relay.hold(wait_until(lambda: relay.link_that_sent(CONFIRM_SELECT), 10,
+                              "the publisher's confirm.select"))
+        with Connection(broker_url) as conn:
+            RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic).cast(
+                cfg.host, "pause_instance", {"instance": {"uuid": uid}})
+        tap.wait_type(uid, "instance.pause.end")
+        assert (0, 1) == queue_counts(host_queue(cfg).name)
+        relay.release()
+        wait_until(lambda: queue_counts(host_queue(cfg).name) == (0, 0), 10,
+                   "the cast to be acked")
+    finally:
+        relay.release()
+        service.stop(grace=5)
+        tap.close()
+
+
+def test_pairs_published_together_are_both_confirmed(
+        make_config: Callable[..., Config], fast_path: bool) -> None:
+    """A verb's start and end events go out as one batch: both are confirmed, pair after pair.
+
+    py-amqp's basic_publish first reads what has arrived, so the broker's ack of a batch's
+    first message can be taken while the second is written: it must find its entry.
+    """
+    cfg = make_config(fast_path=fast_path)
+    publisher = Publisher(cfg)
+    publisher.start()
+    try:
+        assert publisher.wait_connected(10)
+        for number in range(PAIRS):
+            pair = [publisher.send(Outgoing(cfg.control_exchange, info_key(cfg),
+                                            f'{{"n": {number}, "half": {half}}}'.encode()))
+                    for half in range(2)]
+            wait_until(lambda pair=pair: all(f.done() for f in pair), 2,
+                       f"both publishes of pair {number} to be confirmed", interval=0.001)
+    finally:
+        publisher.stop(5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -14,10 +13,10 @@ from kombu import Consumer as KombuConsumer
 from kombu import Message
 
 from worker import logs
-from worker.amqp import frames as amqp_wire
-from worker.amqp.connection import Waker, open_connection, socket_of
-from worker.amqp.frames import FrameReader
+from worker.amqp.connection import Nodes, node_urls, open_node
 from worker.amqp.topology import declared_only, rpc_queues
+from worker.amqp.waker import Waker
+from worker.amqp.wire import Owed, Wire, wire_for
 from worker.config import Config
 from worker.errors import HostQueueTaken
 from worker.messages import Delivery, Settlement
@@ -40,6 +39,8 @@ class Consumer:
         self._paused = threading.Event()
         self._consumer: KombuConsumer | None = None
         self._waker = Waker()
+        self._nodes = Nodes(node_urls(cfg.transport_url), lambda url: open_node(cfg, url),
+                            name="consumer")
         self.fanout_unique = uuid.uuid4().hex
         self.connected = threading.Event()
         #: Set when the first connection found another worker on this host's queue.
@@ -66,13 +67,13 @@ class Consumer:
     def run(self) -> None:
         """Consume until stop(), reconnecting with backoff when the broker goes away."""
         try:
-            reconnecting(lambda: open_connection(self.cfg), self._serve, name="consumer",
+            reconnecting(self._nodes.open, self._serve, name="consumer",
                          stopping=self._stop.is_set)
         finally:
             self._waker.close()
 
-
     def _serve(self, conn: Any) -> None:
+        wire = wire_for(conn, self._waker, fast_path=self.cfg.rabbit.fast_path)
         channel = conn.channel()
         channel.basic_qos(0, self.cfg.rabbit.prefetch_count, False)
         for extra in declared_only(self.cfg):
@@ -89,10 +90,11 @@ class Consumer:
         if consuming:
             self._consume(consumer)
         self.connected.set()
-        log.info("consumer_connected", url=conn.as_uri(), queues=[q.name for q in queues],
-                 prefetch=self.cfg.rabbit.prefetch_count)
+        log.info("consumer_connected", url=self._nodes.current,
+                 queues=[q.name for q in queues], prefetch=self.cfg.rabbit.prefetch_count,
+                 wire=type(wire).__name__)
         try:
-            self._loop(conn, consumer, consuming)
+            self._loop(wire, consumer, consuming)
         finally:
             self.connected.clear()
 
@@ -117,37 +119,24 @@ class Consumer:
         self._ever_consumed = True
         log.info("consuming")
 
-    def _loop(self, conn: Any, consumer: KombuConsumer, consuming: bool) -> None:
-        sock = socket_of(conn)
-        # Plain TCP: read in batches and write acks in batches (worker.amqp.frames).
-        reader = FrameReader(conn.connection, sock) if sock is not None else None
-        next_heartbeat = time.monotonic()
+    def _loop(self, wire: Wire, consumer: KombuConsumer, consuming: bool) -> None:
         while not self._stop.is_set():
             wanted = not self._paused.is_set()
             if wanted != consuming:
-                if reader is not None:
-                    reader.release()  # py-amqp reads the consume-ok/cancel-ok itself
+                wire.release()  # py-amqp reads the consume-ok/cancel-ok itself
                 if wanted:
                     self._consume(consumer)
                 else:
                     consumer.cancel()
                     log.warning("consuming_paused")
             consuming = wanted
-            if reader is not None and sock is not None:
-                # Sleep until the broker sends something or a verb thread has a
-                # settlement for us: acks go out at once, and idle costs nothing.
-                if self._waker.wait(sock, 1.0):
-                    reader.pump()
-            else:  # TLS or in-memory: poll, briefly while work is in flight
-                try:
-                    conn.drain_events(timeout=0.002 if self._busy() else 0.5)
-                except TimeoutError:
-                    pass
-            self._settle_owed(conn, reader is not None)
-            if time.monotonic() >= next_heartbeat and conn.transport.driver_type == "amqp":
-                conn.heartbeat_check()
-                next_heartbeat = time.monotonic() + 1.0
-        self._settle_owed(conn, reader is not None)
+            # Until the broker sends something or a verb thread has a settlement
+            # for us, so acks go out at once; a wire that cannot see the waker
+            # (TLS, kombu's path) polls, briefly while work is in flight.
+            wire.wait(1.0, poll=0.002 if self._busy() else 0.5)
+            self._settle_owed(wire)
+            wire.heartbeat()
+        self._settle_owed(wire)
 
     def _received(self, message: Message) -> None:
         self.received += 1
@@ -169,9 +158,9 @@ class Consumer:
                                    dict(message.headers or {}), str(info.get("exchange") or ""),
                                    str(info.get("routing_key") or "")))
 
-    def _settle_owed(self, conn: Any, batched: bool) -> None:
-        """Carry out the settlements verb threads recorded, as one write where possible."""
-        frames: list[bytes] = []
+    def _settle_owed(self, wire: Wire) -> None:
+        """Carry out the settlements verb threads recorded, as one write where the wire can."""
+        owed: list[Owed] = []
         while True:
             try:
                 generation, message, action = self._settlements.get_nowait()
@@ -182,16 +171,6 @@ class Consumer:
                 # journal absorbs that redelivery. Acking now would 406.
                 log.info("settlement_dropped_stale_channel", action=action)
                 continue
-            if not batched:
-                if action == "ack":
-                    message.ack()
-                elif action == "reject":
-                    message.reject(requeue=False)
-                else:
-                    message.requeue()
-                continue
-            channel, tag = message.channel.channel_id, message.delivery_tag
-            frames.append(amqp_wire.ack(channel, tag) if action == "ack"
-                          else amqp_wire.reject(channel, tag, requeue=action == "requeue"))
-        if frames:
-            amqp_wire.write(conn.connection, b"".join(frames))
+            owed.append((message, action))
+        if owed:
+            wire.settle(owed)

@@ -11,8 +11,9 @@ many publishes and acks into one buffer written with one sendall().
 
 Only the frame layout lives here (AMQP 0-9-1 section 4.2.3 and the basic
 class); the connection handshake, channel state and everything rare stay
-with py-amqp. ``tests/unit/test_amqp_wire.py`` checks every frame built here
-byte for byte against py-amqp's own writer.
+with py-amqp. ``tests/unit/test_frames.py`` checks every frame built here
+byte for byte against py-amqp's own writer, and every py-amqp internal this
+module touches (its frame handler, its read buffer, its traffic counters).
 """
 
 from __future__ import annotations
@@ -25,15 +26,21 @@ from typing import Any
 from amqp.basic_message import Message as AmqpMessage
 from amqp.exceptions import UnexpectedFrame
 
+# Frame types (AMQP 0-9-1 section 4.2.3; py-amqp writes them as bare numbers).
+METHOD, HEADER, BODY, HEARTBEAT = 1, 2, 3, 8
 FRAME_END = 0xCE
-_FRAME_HEADER = Struct(">BHI")
+# The basic class and the methods of it written or read here (py-amqp's spec.Basic).
+CLASS_BASIC = 60
+BASIC_PUBLISH, BASIC_ACK, BASIC_REJECT, BASIC_NACK = 40, 80, 90, 120
+
+_FRAME_HEADER = Struct(">BHI")  # type, channel, payload size
 _METHOD_HEAD = Struct(">BHIHH")  # frame header, then class id and method id
 _CONTENT_HEADER = Struct(">BHIHHQ")  # frame header, class, weight, body size
-_BASIC = 60
-_PUBLISH, _ACK, _REJECT = 40, 80, 90
 _TAG_AND_BIT = Struct(">QB")
-_ACK_METHOD = Struct(">HH").pack(_BASIC, _ACK)
-_NACK_METHOD = Struct(">HH").pack(_BASIC, 120)
+# Size of a basic.ack, basic.nack or basic.reject payload: class, method, tag, bits.
+_TAG_METHOD_SIZE = 4 + _TAG_AND_BIT.size
+_ACK_METHOD = Struct(">HH").pack(CLASS_BASIC, BASIC_ACK)
+_NACK_METHOD = Struct(">HH").pack(CLASS_BASIC, BASIC_NACK)
 _END = bytes([FRAME_END])
 _properties_cache: dict[tuple[str, str, int], bytes] = {}
 
@@ -70,26 +77,27 @@ def publish(channel: int, frame_max: int, exchange: str, routing_key: str, manda
     """The method, header and body frames of one basic.publish, as one byte string."""
     args = (b"\x00\x00" + _shortstr(exchange) + _shortstr(routing_key)
             + (b"\x01" if mandatory else b"\x00"))
-    parts = [_METHOD_HEAD.pack(1, channel, 4 + len(args), _BASIC, _PUBLISH), args, _END,
-             _CONTENT_HEADER.pack(2, channel, 12 + len(props), _BASIC, 0, len(body)), props,
-             _END]
+    parts = [_METHOD_HEAD.pack(METHOD, channel, 4 + len(args), CLASS_BASIC, BASIC_PUBLISH),
+             args, _END,
+             _CONTENT_HEADER.pack(HEADER, channel, 12 + len(props), CLASS_BASIC, 0, len(body)),
+             props, _END]
     chunk = frame_max - 8
     for start in range(0, len(body), chunk):
         piece = body[start:start + chunk]
-        parts += [_FRAME_HEADER.pack(3, channel, len(piece)), piece, _END]
+        parts += [_FRAME_HEADER.pack(BODY, channel, len(piece)), piece, _END]
     return b"".join(parts)
 
 
 def ack(channel: int, delivery_tag: int) -> bytes:
     """A basic.ack frame for one delivery."""
-    return _METHOD_HEAD.pack(1, channel, 13, _BASIC, _ACK) + _TAG_AND_BIT.pack(
-        delivery_tag, 0) + _END
+    return _METHOD_HEAD.pack(METHOD, channel, _TAG_METHOD_SIZE, CLASS_BASIC,
+                             BASIC_ACK) + _TAG_AND_BIT.pack(delivery_tag, 0) + _END
 
 
 def reject(channel: int, delivery_tag: int, requeue: bool) -> bytes:
     """A basic.reject frame: back to the queue, or (requeue False) dead-lettered or dropped."""
-    return _METHOD_HEAD.pack(1, channel, 13, _BASIC, _REJECT) + _TAG_AND_BIT.pack(
-        delivery_tag, 1 if requeue else 0) + _END
+    return _METHOD_HEAD.pack(METHOD, channel, _TAG_METHOD_SIZE, CLASS_BASIC,
+                             BASIC_REJECT) + _TAG_AND_BIT.pack(delivery_tag, int(requeue)) + _END
 
 
 def write(connection: Any, data: bytes) -> None:
@@ -115,7 +123,7 @@ class FrameReader:
         """
         self._connection = connection
         self._sock = sock
-        self._on_confirm = on_confirm
+        self.on_confirm = on_confirm
         self._buffer = bytearray()
 
     def pump(self) -> int:
@@ -155,7 +163,7 @@ class FrameReader:
         position = 0
         count = 0
         on_frame = self._connection.on_inbound_frame
-        on_confirm = self._on_confirm
+        on_confirm = self.on_confirm
         try:
             while len(buffer) - position >= 8:
                 frame_type, channel, size = _FRAME_HEADER.unpack_from(buffer, position)
@@ -167,7 +175,7 @@ class FrameReader:
                 start = position + 7
                 position = end + 1
                 count += 1
-                if on_confirm is not None and frame_type == 1 and size == 13:
+                if on_confirm is not None and frame_type == METHOD and size == _TAG_METHOD_SIZE:
                     method = buffer[start:start + 4]
                     if method == _ACK_METHOD or method == _NACK_METHOD:
                         tag, bits = _TAG_AND_BIT.unpack_from(buffer, start + 4)

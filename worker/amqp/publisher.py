@@ -13,7 +13,6 @@ against the confirm timeout. It keeps reading, so it sees the unblock.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections import OrderedDict, deque
@@ -22,21 +21,20 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from kombu import Connection, Producer
+from kombu import Connection
 
 from worker import logs
-from worker.amqp import frames as amqp_wire
 from worker.amqp.confirms import Block, Item, Unconfirmed, complete
-from worker.amqp.connection import Waker, drain_ready, open_connection, socket_of
-from worker.amqp.frames import FrameReader
+from worker.amqp.connection import Nodes, node_urls, open_node
 from worker.amqp.topology import control_exchange, notification_queues
+from worker.amqp.waker import Waker
+from worker.amqp.wire import Publish, Wire, wire_for
 from worker.codec import envelope, signing
 from worker.config import Config
 from worker.messages import Held, Outgoing
 from worker.retry import reconnecting
 
 log = logs.get(__name__)
-Publish = Callable[[list[Item]], None]
 #: Told the broker's reason when it blocks publishing, None when it unblocks.
 OnBlocked = Callable[[str | None], None]
 # Publish at most this many before reading acks, so acks never pile up unread.
@@ -77,6 +75,7 @@ class Publisher:
         self._queue: deque[Item] = deque()
         self._lock = threading.Lock()
         self._waker = Waker()
+        self._nodes = Nodes(node_urls(cfg.transport_url), self._connect, name="publisher")
         self._watches: dict[int, _Watch] = {}
         self._watch_ids = 0
         self._returned_calls: OrderedDict[str, None] = OrderedDict()
@@ -159,14 +158,13 @@ class Publisher:
 
     def _run(self) -> None:
         try:
-            reconnecting(self._connect, self._serve, name="publisher",
+            reconnecting(self._nodes.open, self._serve, name="publisher",
                          stopping=lambda: self._stopping and not self._queue and not self._held)
         finally:
             self._waker.close()
 
-
-    def _connect(self) -> Connection:
-        return open_connection(self.cfg, on_blocked=self._blocked, on_unblocked=self._unblocked)
+    def _connect(self, url: str) -> Connection:
+        return open_node(self.cfg, url, on_blocked=self._blocked, on_unblocked=self._unblocked)
 
     def _blocked(self, reason: str) -> None:
         # From py-amqp, on this thread, while it reads a frame (never under self._lock).
@@ -190,57 +188,26 @@ class Publisher:
         # A block is the last connection's (kept while it was being released);
         # the broker blocks this one only when it publishes under an alarm.
         self._unblocked()
+        wire = wire_for(conn, self._waker, fast_path=self.cfg.rabbit.fast_path)
         channel = conn.channel()
         control_exchange(self.cfg)(channel).declare()
         for queue in notification_queues(self.cfg):
             queue(channel).declare()
-        confirms = conn.transport.driver_type == "amqp"
         unconfirmed = Unconfirmed()
-        if confirms:
-            channel.confirm_select()
-            channel.events["basic_ack"].add(
-                lambda tag, multiple: unconfirmed.settle(tag, multiple, None))
-            channel.events["basic_nack"].add(
-                lambda tag, multiple: unconfirmed.settle(tag, multiple, "nacked by broker"))
-            channel.events["basic_return"].add(self._returned)
-            publish = self._frame_publisher(conn.connection, channel.channel_id)
-        else:
-            publish = self._kombu_publisher(Producer(channel, on_return=self._returned))
+        publish = wire.publishing(
+            channel, lambda tag, multiple, nacked: unconfirmed.settle(
+                tag, multiple, "nacked by broker" if nacked else None), self._returned)
         self._connected.set()
-        log.info("publisher_connected", url=conn.as_uri(), confirms=confirms)
+        log.info("publisher_connected", url=self._nodes.current, confirms=wire.confirms,
+                 wire=type(wire).__name__)
         try:
-            self._pump(conn, publish, unconfirmed if confirms else None)
+            self._pump(wire, publish, unconfirmed if wire.confirms else None)
         except BaseException:
             # Not confirmed on this connection: first in line on the next one,
             # and out of this one's table, so a late ack cannot complete them too.
             with self._lock:
                 self._queue.extendleft(reversed(unconfirmed.take_all()))
             raise
-
-    def _frame_publisher(self, connection: Any, channel_id: int) -> Publish:
-        # Frames built by worker.amqp.frames and one write per batch: kombu's
-        # Producer.publish, and even py-amqp's basic_publish, cost several
-        # times the frames themselves, and this is the publisher's hot loop.
-        def publish(batch: list[Item]) -> None:
-            frames = b"".join(
-                amqp_wire.publish(channel_id, connection.frame_max, out.exchange,
-                                  out.routing_key, out.mandatory, out.body,
-                                  self._properties(out))
-                for out, _ in batch)
-            amqp_wire.write(connection, frames)
-        return publish
-
-    def _properties(self, out: Outgoing) -> bytes:
-        return amqp_wire.properties("application/json", "utf-8", 2, self._headers(out))
-
-    def _kombu_publisher(self, producer: Producer) -> Publish:
-        def publish(batch: list[Item]) -> None:
-            for out, _ in batch:
-                producer.publish(out.body, exchange=out.exchange, routing_key=out.routing_key,
-                                 content_type="application/json", content_encoding="utf-8",
-                                 delivery_mode=2, mandatory=out.mandatory, retry=False,
-                                 headers=self._headers(out))
-        return publish
 
     def _headers(self, out: Outgoing) -> dict[str, Any] | None:
         if self._key is None:
@@ -270,38 +237,29 @@ class Publisher:
                 batch.append((Outgoing("", watch.reply_q, body, True), Future()))
         return batch
 
-    def _pump(self, conn: Connection, publish: Publish,
-              unconfirmed: Unconfirmed | None) -> None:
-        sock = socket_of(conn)
-        reader = None
-        if sock is not None:
-            on_confirm = None if unconfirmed is None else (
-                lambda tag, multiple, nacked: unconfirmed.settle(
-                    tag, multiple, "nacked by broker" if nacked else None))
-            reader = FrameReader(conn.connection, sock, on_confirm)
-        next_heartbeat = time.monotonic()
+    def _pump(self, wire: Wire, publish: Publish, unconfirmed: Unconfirmed | None) -> None:
         while True:
             batch = self._take()
             if batch:
+                if unconfirmed is not None:
+                    # In the table before they are written: py-amqp's basic_publish
+                    # reads what has arrived first, acks of this very batch included.
+                    at = self._block.clock()
+                    for item in batch:
+                        unconfirmed.add(item, at)
                 try:
-                    publish(batch)
+                    publish([(out, self._headers(out)) for out, _ in batch])
                 except BaseException:
-                    with self._lock:  # not (all) sent: back to the front, in order
-                        self._queue.extendleft(reversed(batch))
+                    if unconfirmed is None:  # else _serve puts the whole table back, in order
+                        with self._lock:  # not (all) sent: back to the front, in order
+                            self._queue.extendleft(reversed(batch))
                     raise
                 self.published += len(batch)
-                at = self._block.clock()
-                for item in batch:
-                    if unconfirmed is not None:
-                        unconfirmed.add(item, at)
-                    else:
+                if unconfirmed is None:
+                    for item in batch:
                         complete(item[1], None)
             if unconfirmed is not None and unconfirmed.items:
-                # Acks that came back while we were writing.
-                if reader is not None:
-                    reader.pump()
-                else:
-                    drain_ready(conn)
+                wire.pump()  # acks that came back while we were writing
             with self._lock:
                 idle = not self._queue
                 if (idle and self._stopping and not self._held
@@ -311,33 +269,20 @@ class Publisher:
                 wait = self._idle_wait() if idle or self._block.reason is not None else 0.0
                 self._sleeping_until = time.monotonic() + wait if wait > 0 else 0.0
             if wait > 0:
+                owed = bool(unconfirmed and unconfirmed.items)
                 try:
-                    self._wait(conn, reader, sock, wait, bool(unconfirmed and unconfirmed.items))
+                    # Until there is something to publish or to read; a wire that
+                    # cannot see the waker polls, briefly while acks are owed.
+                    wire.wait(wait, poll=0.002 if owed else 0.05)
                 finally:
                     with self._lock:
                         self._sleeping_until = 0.0
-            if time.monotonic() >= next_heartbeat and conn.transport.driver_type == "amqp":
-                conn.heartbeat_check()
-                next_heartbeat = time.monotonic() + 1.0
+            wire.heartbeat()
             if unconfirmed is not None:
                 oldest = unconfirmed.oldest()
                 if (oldest is not None
                         and self._block.clock() - oldest > self.cfg.rabbit.confirm_timeout):
                     raise ConnectionError(f"no confirm within {self.cfg.rabbit.confirm_timeout}s")
-
-    def _wait(self, conn: Connection, reader: FrameReader | None, sock: socket.socket | None,
-              wait: float, owed: bool) -> None:
-        """Sleep until there is something to publish or to read from the broker."""
-        if reader is not None and sock is not None:
-            if self._waker.wait(sock, wait):
-                reader.pump()
-        elif conn.transport.driver_type == "amqp":  # TLS: poll, briefly while acks are owed
-            try:
-                conn.drain_events(timeout=min(wait, 0.002 if owed else 0.05))
-            except TimeoutError:
-                pass
-        else:
-            self._waker.wait_alone(wait)
 
     def _idle_wait(self) -> float:
         wait = 1.0
