@@ -162,6 +162,18 @@ def test_check_reports_each_problem_on_one_line(cfg: Config, tmp_path: Path) -> 
     assert ["FAIL", "ok", "FAIL", "ok"] == [line.split()[0] for line in lines]
     assert ["broker", "libvirt", "instances_path", "state_dir"] == [
         line.split()[1].rstrip(":") for line in lines]
+    assert "guest:guest" not in result.stdout + result.stderr  # the password is masked
+
+
+def test_check_tries_every_broker_node_and_names_the_one_that_answers(cfg: Config) -> None:
+    """With the first two nodes down, check reaches the third and says which it is on."""
+    url = f"amqp://guest:guest@127.0.0.1:1//;amqp://guest:guest@127.0.0.1:2//;{cfg.transport_url}"
+    result = _run(["check", "--transport-url", url, "--virt-type", "test",
+                   "--instances-path", cfg.instances_path, "--state-dir", cfg.state_dir])
+
+    broker = result.stdout.splitlines()[0]
+    assert broker.startswith("ok   broker: amqp://guest:***@127.0.0.1"), result.stdout
+    assert ":1//" not in broker and ":2//" not in broker
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from worker.amqp.connection import connection_for
+from worker.amqp.connection import Nodes, masked, node_urls, open_node
 from worker.config import Config
 from worker.virt.hypervisor import Hypervisor
 
@@ -32,12 +32,15 @@ def run_checks(cfg: Config) -> int:
         else:
             print(f"ok   {name}{': ' + detail if detail else ''}")
 
+    # Every node in turn, as the worker does: with a and b down, c still counts.
+    urls = node_urls(cfg.transport_url)
+    nodes = Nodes(urls, lambda url: open_node(cfg, url), name="check")
     try:
-        with connection_for(cfg) as conn:
-            conn.ensure_connection(max_retries=1, timeout=5)
-            report("broker", None, conn.as_uri())
+        nodes.open().release()
+        report("broker", None, nodes.current)
     except Exception as exc:  # any failure here is the answer, not a crash
-        report("broker", f"cannot connect to {cfg.transport_url}: {exc}")
+        shown = ";".join(masked(url) for url in urls)  # never the password
+        report("broker", f"no node of {shown} answers: {type(exc).__name__}: {exc}"[:400])
     hv = Hypervisor(cfg.libvirt_uri)
     try:
         info = hv.host_info()
