@@ -12,7 +12,7 @@ import pytest
 from kombu import Connection
 
 from tests.brokers import PrivateBroker, free_port, wait_until
-from tests.helpers import EventTap
+from tests.taps import EventTap
 from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service

@@ -13,8 +13,9 @@ from kombu import Connection
 from structlog.testing import capture_logs
 
 from tests.brokers import queue_counts, wait_until
-from tests.helpers import BOTH_PATHS, EventTap
+from tests.helpers import BOTH_PATHS
 from tests.relay import Relay
+from tests.taps import EventTap
 from worker.amqp.client import RpcClient
 from worker.amqp.publisher import Publisher
 from worker.amqp.topology import host_queue
