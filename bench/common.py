@@ -18,7 +18,7 @@ from kombu import Connection, Consumer, Exchange, Message, Producer, Queue
 
 from tests.brokers import delete_names, notification_names, service_names
 from worker import config as config_mod
-from worker.codec import envelope
+from worker.codec import envelope, notifications, payloads
 from worker.config import Config
 from worker.virt.domain_xml import DomainSpec, domain, to_string
 
@@ -201,3 +201,19 @@ def raw_round_trip(url: str, exchange_name: str, count: int) -> list[float]:
                     sub.drain_events(timeout=5)
                 samples.append((got.pop() - sent) * 1000)
         return samples
+
+
+def raw_event(uuid_: str, action: str, phase: str, *, publisher_id: str, topic: str,
+              unique_id: str | None) -> notifications.Event:
+    """The event a baseline publishes: the worker's own payload, built the worker's way.
+
+    Baselines send the same bytes as the worker (a full nova InstanceActionPayload), so a
+    ratio measures the work around the message, not a smaller message.
+    """
+    live = {"uuid": uuid_, "name": "bench-vm", "power_state": "paused", "vm_state": "paused"}
+    payload = payloads.instance_action(instance={"uuid": uuid_}, live=live, host="bench-host",
+                                       caller=payloads.Caller(f"req-{uuid.uuid4()}"),
+                                       action=action)
+    return notifications.notification(event_type=f"instance.{action}.{phase}", payload=payload,
+                                      publisher_id=publisher_id, topic=topic,
+                                      source_id=unique_id)

@@ -247,7 +247,7 @@ class Fleet:
 
     def _body(self, uid: str, method: str, request_id: str) -> bytes:
         return envelope.wrap({"method": method, "args": {"instance": {"uuid": uid}},
-                              "version": "1.0", "_unique_id": uuid.uuid4().hex,
+                              "version": "6.0", "_unique_id": uuid.uuid4().hex,
                               "_context_request_id": request_id})
 
     def _errors(self) -> int:

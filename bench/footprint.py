@@ -153,7 +153,7 @@ def verbs_on_all(cfg: Config, counter: EventCounter, uuids: list[str], method: s
         started = time.perf_counter()
         for uid in uuids:
             producer.publish(envelope.wrap({
-                "method": method, "args": {"instance": {"uuid": uid}}, "version": "1.0",
+                "method": method, "args": {"instance": {"uuid": uid}}, "version": "6.0",
                 "_unique_id": uuid.uuid4().hex, "_context_request_id": f"req-{uuid.uuid4()}"}),
                 exchange=exchange, routing_key=f"{cfg.topic}.{cfg.host}",
                 content_type="application/json", content_encoding="utf-8", delivery_mode=2)

@@ -27,9 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from bench.common import append_result, machine, percentile
+from bench.common import append_result, machine, percentile, raw_event
 from worker import logs
-from worker.codec import envelope, notifications
+from worker.codec import envelope
 from worker.core.journal import TRIM_EVERY, Journal
 from worker.messages import Outgoing
 
@@ -54,13 +54,8 @@ AFTER_FULL = 3000
 
 def end_event(unique_id: str) -> Outgoing:
     """The end event a pause cast records, as the dispatcher builds it."""
-    event = notifications.notification(
-        event_type="instance.pause.end", payload_name="InstanceActionPayload",
-        data={"uuid": str(uuid.uuid4()), "name": "bench-vm", "host": "bench-host",
-              "power_state": "paused", "vm_state": "paused", "action": "pause",
-              "request_id": f"req-{uuid.uuid4()}", "fault": None},
-        publisher_id="compute.bench-host", topic="versioned_notifications",
-        source_id=unique_id)
+    event = raw_event(str(uuid.uuid4()), "pause", "end", publisher_id="compute.bench-host",
+                      topic="versioned_notifications", unique_id=unique_id)
     return Outgoing("nova", event.routing_key, envelope.wrap(event.message))
 
 

@@ -26,6 +26,7 @@ from bench.common import (
     forget,
     machine,
     percentile,
+    raw_event,
     remove_domains,
 )
 from bench.throughput import Driver
@@ -44,7 +45,7 @@ def paced_casts(cfg: Config, uuids: list[str], count: int) -> tuple[list[str], l
         bodies.append(envelope.wrap({
             "method": f"{action}_instance",
             "args": {"instance": {"uuid": uuids[number % len(uuids)]}},
-            "version": "1.0", "_unique_id": unique}).decode())
+            "version": "6.0", "_unique_id": unique}).decode())
         ids.append(notifications.message_id(unique, f"instance.{action}.end",
                                             cfg.event_publisher_id))
     return bodies, ids
@@ -83,11 +84,10 @@ class RawEcho:
             def echo(message: Message) -> None:
                 inner = envelope.unwrap(message.body, cfg.worker.max_message_bytes)
                 action = str(inner["method"]).removesuffix("_instance")
-                event = notifications.notification(
-                    event_type=f"instance.{action}.end", payload_name="InstanceActionPayload",
-                    data={"uuid": inner["args"]["instance"]["uuid"]},
-                    publisher_id=cfg.event_publisher_id, topic=cfg.notifications.notification_topic,
-                    source_id=inner["_unique_id"])
+                event = raw_event(inner["args"]["instance"]["uuid"], action, "end",
+                                  publisher_id=cfg.event_publisher_id,
+                                  topic=cfg.notifications.notification_topic,
+                                  unique_id=inner["_unique_id"])
                 producer.publish(envelope.wrap(event.message), exchange=exchange,
                                  routing_key=event.routing_key, content_type="application/json",
                                  content_encoding="utf-8", delivery_mode=2)

@@ -29,10 +29,11 @@ from bench.common import (
     forget,
     machine,
     median,
+    raw_event,
     remove_domains,
 )
 from worker import logs
-from worker.codec import envelope, notifications
+from worker.codec import envelope
 from worker.config import Config
 from worker.service import Service
 
@@ -43,7 +44,7 @@ def _cast_bodies(uuids: list[str], total: int) -> list[bytes]:
         method = "pause_instance" if (number // len(uuids)) % 2 == 0 else "unpause_instance"
         bodies.append(envelope.wrap({
             "method": method, "args": {"instance": {"uuid": uuids[number % len(uuids)]}},
-            "version": "1.0", "_unique_id": uuid.uuid4().hex,
+            "version": "6.0", "_unique_id": uuid.uuid4().hex,
             "_context_request_id": f"req-{uuid.uuid4()}"}))
     return bodies
 
@@ -106,12 +107,10 @@ def raw_loop(cfg: Config, bodies: list[bytes], confirm: bool) -> float:
                     message = inbox.pop(0)
                     inner = envelope.unwrap(message.body, 1 << 20)
                     for phase in ("start", "end"):
-                        event = notifications.notification(
-                            event_type=f"instance.pause.{phase}",
-                            payload_name="InstanceActionPayload",
-                            data={"uuid": inner["args"]["instance"]["uuid"]},
-                            publisher_id="raw", topic=cfg.notifications.notification_topic,
-                            source_id=inner["_unique_id"])
+                        event = raw_event(inner["args"]["instance"]["uuid"], "pause", phase,
+                                          publisher_id="raw",
+                                          topic=cfg.notifications.notification_topic,
+                                          unique_id=inner["_unique_id"])
                         producer.publish(envelope.wrap(event.message), exchange=exchange,
                                          routing_key=event.routing_key,
                                          content_type="application/json",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from handlers.common import Args, Result, find_guest, instance_uuid
 from worker import logs
@@ -130,13 +131,14 @@ def build_and_run_instance(ctx: Context, args: Args) -> Result:
         raise NotSupported(f"building instances on virt_type {ctx.config.libvirt.virt_type} "
                            f"is not supported (only {', '.join(BUILD_DOMAIN_TYPES)})")
     instance = args["instance"]
+    _refuse_what_a_plain_build_cannot_do(args)
     directory = ctx.paths.instance_dir(uuid)
     guest: Guest | None = None
     try:
         directory.mkdir(mode=0o700, exist_ok=True)
         spec = domain_xml.DomainSpec(
             name=instance.get("name") or f"instance-{uuid}", uuid=uuid,
-            memory_mib=int(instance["memory_mb"]), vcpus=int(instance["vcpus"]),
+            memory_mib=_size(instance, "memory_mb", 512), vcpus=_size(instance, "vcpus", 1),
             domain_type=domain_type, disks=_root_disk(ctx, args, directory))
         xml = domain_xml.to_string(domain_xml.domain(spec))
         # Kept beside the disk, as the original driver did: what was asked for.
@@ -154,9 +156,40 @@ def build_and_run_instance(ctx: Context, args: Args) -> Result:
     return guest.describe()
 
 
+def _size(instance: Args, name: str, default: int) -> int:
+    """A size from nova's Flavor, else the instance's own field, else the default."""
+    given = instance.get("flavor")
+    flavor: Args = given if isinstance(given, dict) else {}
+    for source in (flavor, instance):
+        value = source.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return default
+
+
+def _is_image_root(mapping: Any) -> bool:
+    """nova's image root mapping: what every build from an image carries."""
+    return (isinstance(mapping, dict) and mapping.get("source_type") == "image"
+            and mapping.get("destination_type") == "local"
+            and mapping.get("boot_index") in (0, None))
+
+
+def _refuse_what_a_plain_build_cannot_do(args: Args) -> None:
+    """Networks and volumes come with later verbs; a build that needs them is refused, not
+    done without them."""
+    networks = [n for n in args.get("requested_networks") or []
+                if not (isinstance(n, dict) and n.get("network_id") == "none")]
+    if networks:
+        raise NotSupported("requested_networks: this worker does not plug networks yet")
+    extra = [m for m in args.get("block_device_mapping") or [] if not _is_image_root(m)]
+    if extra:
+        raise NotSupported("block_device_mapping: only the image root mapping is supported "
+                           "(no volumes, ephemeral or swap yet)")
+
+
 def _root_disk(ctx: Context, args: Args, directory: Path) -> tuple[str, ...]:
     image = args.get("image") or {}
-    root_gb = int(args["instance"]["root_gb"])
+    root_gb = _size(args["instance"], "root_gb", 0)
     if not image.get("id") and root_gb == 0:
         return ()  # diskless: nothing to boot from but still a domain (tests, PXE)
     base = images.base_image(ctx.config.images_path, image["id"]) if image.get("id") else None

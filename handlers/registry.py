@@ -9,7 +9,7 @@ from handlers import lifecycle, power, queries
 from worker.core.methods import Method, MethodTable
 
 #: The RPC API version this table serves (oslo rules: same major, minor not higher).
-API_VERSION = "1.0"
+API_VERSION = "6.5"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (

@@ -281,8 +281,9 @@ def free_port(start: int) -> int:
 # --- the names a worker (or a test or bench config) leaves on a shared broker ------------
 
 def service_names(cfg: Config, fanout_uniques: Iterable[str]) -> list[str]:
-    """The queues a worker declares for itself: its host queue and its fanout queues."""
-    return [f"{cfg.topic}.{cfg.host}"] + [f"{cfg.topic}_fanout_{u}" for u in fanout_uniques]
+    """The queues a worker declares for itself: its two host queues and its fanout queues."""
+    return [f"{cfg.topic}.{cfg.host}", f"{cfg.topic}-alt.{cfg.host}"] + [
+        f"{cfg.topic}_fanout_{u}" for u in fanout_uniques]
 
 
 def notification_names(cfg: Config) -> list[str]:

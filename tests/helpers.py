@@ -16,6 +16,7 @@ import pytest
 
 # bench/parallel.py imports remove_domain from here; tests take it from tests.domains.
 from tests.domains import remove_domain as remove_domain
+from tests.nova_judge import judge
 from tests.taps import Event
 from worker.core import schemas
 
@@ -31,10 +32,12 @@ BOTH_PATHS = pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path
 
 
 def check_event(event: Event) -> None:
-    """Validate an event's inner message and its payload against schemas/events/."""
+    """Validate an event against schemas/events/ and, where nova has its class, nova's own."""
     schemas.validator("events", "notification")(event)
     payload = event["payload"]
     schemas.validator("events", payload["nova_object.name"])(payload["nova_object.data"])
+    if payload["nova_object.namespace"] == "nova":
+        judge(payload)
 
 
 def wire_samples() -> dict[str, Any]:

@@ -58,18 +58,29 @@ def drain_until(conn: Connection, stop: threading.Event) -> None:
 
 
 def uuid_of(event: Event) -> Any:
-    """The instance an event is about (None for service events)."""
+    """The instance an event is about (None for service events, whose uuid is the service's)."""
+    if str(event.get("event_type", "")).startswith("service."):
+        return None
     return event["payload"]["nova_object.data"].get("uuid")
 
 
+#: The disabled_reason of a stopping worker's last service.update.
+STOPPED = "compute-worker stopped"
+
+
 def went_down(events: list[Event]) -> bool:
-    """True once a worker's last word, service.update with up false, is among events.
+    """True once a worker's last word, service.update saying it stopped, is among events.
 
     A worker publishes it after everything else, on the same channel: every event it
     published before has reached the tap by then.
     """
-    return any(e["event_type"] == "service.update" and not e["payload"]["nova_object.data"]["up"]
-               for e in events)
+    return any(e["event_type"] == "service.update" and stopped(e) for e in events)
+
+
+def stopped(event: Event) -> bool:
+    """A service.update that says the worker stopped (nova's payload has no "up")."""
+    data = event["payload"]["nova_object.data"]
+    return bool(data["disabled"] and data["disabled_reason"] == STOPPED)
 
 
 class EventTap(Gathered[Event]):

@@ -91,7 +91,7 @@ class NotificationOptions:
     """``[oslo_messaging_notifications]``: where events go and who they say sent them."""
 
     notification_topic: str = _opt("versioned_notifications", "events go to <topic>.<priority>")
-    publisher_id: str = _opt("", "publisher_id of events (default compute-worker:<host>)")
+    publisher_id: str = _opt("", "publisher_id of events (default nova-compute:<host>, as nova's)")
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ class Config:
     @property
     def event_publisher_id(self) -> str:
         """publisher_id for events."""
-        return self.notifications.publisher_id or f"compute-worker:{self.host}"
+        return self.notifications.publisher_id or f"nova-compute:{self.host}"
 
 
 #: Config attribute -> (INI section, its dataclass), for every section but [DEFAULT].

@@ -73,14 +73,20 @@ class UnsupportedVersion(BadMessage):
 
 # --- instances and the hypervisor -----------------------------------------
 
+#: The module of nova's exceptions: an error of ours that nova has under the same name is
+#: sent as nova's, so an oslo client with allowed_remote_exmods=['nova.exception'] raises
+#: the real nova exception (oslo rebuilds it from the class name and the message).
+NOVA = "nova.exception"
+
 
 class InstanceNotFound(WorkerError):
     """No domain with that UUID exists on this host."""
 
     changes_nothing = True
+    wire_module = NOVA
 
     def __init__(self, uuid: str) -> None:
-        super().__init__(uuid)
+        super().__init__(f"Instance {uuid} could not be found.")  # nova's own wording
         self.uuid = uuid
 
 
@@ -88,10 +94,13 @@ class InstanceInvalidState(WorkerError):
     """The domain's state does not allow the verb."""
 
     changes_nothing = True
+    wire_module = NOVA
 
 
 class NotSupported(WorkerError):
     """This worker cannot do what the message asks (a hypervisor type, a device kind)."""
+
+    wire_module = NOVA
 
 
 class ImageError(WorkerError):

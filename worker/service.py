@@ -218,7 +218,9 @@ class Service:
 
     def publish_service_status(self, *, up: bool, disabled_reason: str | None) -> None:
         """Emit service.update: up or down, and why the host is disabled if it is."""
-        self._publish(self.answers.service_status(up=up, disabled_reason=disabled_reason))
+        # nova's ServiceStatusPayload has no "up": a stopped worker says it is disabled.
+        reason = disabled_reason if up else "compute-worker stopped"
+        self._publish(self.answers.service_status(disabled_reason=reason))
 
     def stop(self, grace: float = 30.0) -> None:
         """Stop taking messages, finish work in flight within grace, requeue the rest, close."""

@@ -151,7 +151,7 @@ def cast(method: str, uid: str | None = None, unique_id: str | None = None,
     """An oslo cast's inner message."""
     if uid is not None:
         args["instance"] = {"uuid": uid}
-    return {"method": method, "args": args, "version": "1.0",
+    return {"method": method, "args": args, "version": "6.0",
             "_unique_id": unique_id or uuid.uuid4().hex, "_context_request_id": "req-core"}
 
 

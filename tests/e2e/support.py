@@ -39,8 +39,8 @@ class VerbRun:
 
 
 def states(data: dict[str, Any]) -> tuple[Any, Any]:
-    """(power_state, vm_state) of an event payload or a get_instance_info result."""
-    return data["power_state"], data["vm_state"]
+    """(power_state, vm_state) of an event payload (nova's "state") or a query's result."""
+    return data["power_state"], data["state"] if "state" in data else data["vm_state"]
 
 
 def of_request(events: list[Event], request_id: str) -> list[Event]:
@@ -79,7 +79,7 @@ class Verbs:
             check_event(event)
             data = event["payload"]["nova_object.data"]
             assert (vm.uuid, self.cfg.host, action) == (data["uuid"], data["host"],
-                                                        data["action"])
+                                                        event["event_type"].split(".")[1])
             assert self.cfg.event_publisher_id == event["publisher_id"]
         start, end = events
         assert "INFO" == start["priority"]

@@ -107,8 +107,8 @@ def test_terminate_removes_the_domain_and_only_its_directory(
     (instances / "unrelated.txt").write_text("stays")
 
     run = verb(gone, "terminate_instance", "delete")
-    assert (gone.name, "running", "active") == (run.before["name"], *states(run.before))
-    assert (gone.name, None, "deleted") == (run.after["name"], *states(run.after))
+    assert (gone.uuid, "running", "active") == (run.before["uuid"], *states(run.before))
+    assert (gone.uuid, None, "deleted") == (run.after["uuid"], *states(run.after))
     assert None is domain_state(QEMU_URI, gone.uuid)
     assert not (instances / gone.uuid).exists()
     assert [keep.uuid, "unrelated.txt"] == sorted(p.name for p in instances.iterdir())

@@ -35,7 +35,7 @@ def test_two_suspends_run_in_parallel(
 
     for vm, (_start, end) in zip(pair, runs, strict=True):
         data = end["payload"]["nova_object.data"]
-        assert ("shutdown", "suspended") == (data["power_state"], data["vm_state"])
+        assert ("shutdown", "suspended") == (data["power_state"], data["state"])
         assert (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SAVED) == domain_state(
             QEMU_URI, vm.uuid)
         assert 1 == qemu.lookupByUUIDString(vm.uuid).hasManagedSaveImage(0)

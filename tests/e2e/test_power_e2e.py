@@ -62,7 +62,7 @@ def test_suspend_saves_to_disk_and_resume_restores(
 
     # Starting a suspended instance would throw its memory away: refused, nothing changes.
     refused = verb(vm, "start_instance", "power_on", phase="error")
-    assert "InstanceInvalidState" == refused.after["fault"]["exception"]
+    assert "InstanceInvalidState" == refused.after["fault"]["nova_object.data"]["exception"]
     assert 1 == dom.hasManagedSaveImage(0)
 
     again = verb(vm, "suspend_instance", "suspend")

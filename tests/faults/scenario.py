@@ -37,7 +37,7 @@ from tests.faults.support import (
     vm_states,
     worker_argv,
 )
-from worker.amqp.topology import host_queue, notification_queues
+from worker.amqp.topology import alt_host_queue, host_queue, notification_queues
 
 
 class Scenario:
@@ -110,7 +110,8 @@ class Scenario:
 
     def _delete_topology(self) -> None:
         """On the shared broker: delete the queues and the exchange this scenario made."""
-        names = [host_queue(self.cfg).name] + [q.name for q in notification_queues(self.cfg)]
+        names = [host_queue(self.cfg).name, alt_host_queue(self.cfg).name] + [
+            q.name for q in notification_queues(self.cfg)]
         for record in self.worker.records():
             if record.get("event") == "consumer_connected":
                 names += [q for q in record.get("queues", []) if q.startswith(

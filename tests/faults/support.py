@@ -241,7 +241,7 @@ class Cast:
     def body(self) -> bytes:
         """The oslo 2.0 envelope, as an oslo RPCClient would send it."""
         return envelope.wrap({
-            "method": self.method, "version": "1.0", "_unique_id": self.unique_id,
+            "method": self.method, "version": "6.0", "_unique_id": self.unique_id,
             "args": self.vm.args,
             "_context_request_id": self.request_id,
         })

@@ -51,7 +51,7 @@ def _cast_all(cfg: Config, uids: list[str]) -> list[tuple[str, str, str]]:
             action = "pause" if (index // len(uids)) % 2 == 0 else "unpause"
             unique_id = uuid.uuid4().hex
             producer.publish(envelope.wrap({
-                "method": f"{action}_instance", "version": "1.0", "_unique_id": unique_id,
+                "method": f"{action}_instance", "version": "6.0", "_unique_id": unique_id,
                 "_context_request_id": f"req-{uuid.uuid4()}",
                 "args": {"instance": {"uuid": uid}}}),
                 exchange=control_exchange(cfg), routing_key=host_queue(cfg).name,

@@ -61,7 +61,7 @@ def test_build_defines_and_starts_the_domain_it_was_asked_for(
     assert ["instance.create.start", "instance.create.end"] == [
         e["event_type"] for e in tap.of(uid)]
     assert ("running", "active", "web-1") == (
-        _data(end)["power_state"], _data(end)["vm_state"], _data(end)["name"])
+        _data(end)["power_state"], _data(end)["state"], _data(end)["instance_name"])
     assert libvirt.VIR_DOMAIN_RUNNING == state_of(TEST_URI, uid)
     conn = libvirt.open(TEST_URI)
     try:
@@ -109,9 +109,9 @@ def test_a_failed_build_is_rolled_back_and_reported(
     uid = _build(rpc, cfg, built, root_gb=1, args={"image": {"id": "not-there"}})
     error = tap.wait_type(uid, "instance.create.error")[0]
     check_event(error)
-    assert ("ImageError", "error") == (_data(error)["fault"]["exception"],
-                                       _data(error)["vm_state"])
-    assert "not-there" in _data(error)["fault"]["exception_message"]
+    fault = _data(error)["fault"]["nova_object.data"]
+    assert ("ImageError", "error") == (fault["exception"], _data(error)["state"])
+    assert "not-there" in fault["exception_message"]
     assert None is domain_state(TEST_URI, uid)
     assert not (worker.paths.root / uid).exists()
 
@@ -165,20 +165,41 @@ def test_building_again_finishes_the_existing_domain_instead_of_a_second(
         conn.close()
 
 
-@pytest.mark.parametrize("args, reason", [
-    ({"requested_networks": [{"network_id": "n1"}]}, "requested_networks"),
-    ({"block_device_mapping": [{"volume_id": "v1"}]}, "block_device_mapping"),
-    ({"image": {"id": "../../etc/passwd"}}, "image.id"),
-    ({"instance_memory": 1}, "must not contain"),
-])
+def _nova_list(name: str, item: str, *objects: dict[str, Any]) -> dict[str, Any]:
+    """An object list as nova's serializer sends it."""
+    return {"nova_object.name": name, "nova_object.namespace": "nova",
+            "nova_object.version": "1.1", "nova_object.changes": ["objects"],
+            "nova_object.data": {"objects": [
+                {"nova_object.name": item, "nova_object.namespace": "nova",
+                 "nova_object.version": "1.3", "nova_object.data": o} for o in objects]}}
+
+
+@pytest.mark.parametrize("args, error, reason", [
+    ({"requested_networks": [{"network_id": "n1"}]}, "NotSupported", "requested_networks"),
+    ({"requested_networks": _nova_list("NetworkRequestList", "NetworkRequest",
+                                       {"network_id": "n1", "port_id": "p1"})},
+     "NotSupported", "requested_networks"),
+    ({"block_device_mapping": _nova_list(
+        "BlockDeviceMappingList", "BlockDeviceMapping",
+        {"source_type": "volume", "destination_type": "volume", "volume_id": "v1"})},
+     "NotSupported", "block_device_mapping"),
+    ({"block_device_mapping": {"nova_object.name": "BlockDeviceMappingList",
+                               "nova_object.namespace": "nova", "nova_object.version": "1.18",
+                               "nova_object.data": "not an object"}},
+     "InvalidArguments", "block_device_mapping"),
+    ({"image": {"id": "../../etc/passwd"}}, "InvalidArguments", "image.id"),
+    ({"instance_memory": 1}, "InvalidArguments", "must not contain"),
+], ids=["plain networks", "nova networks", "a volume mapping", "a hostile list", "image path",
+        "unknown kwarg"])
 def test_what_a_build_cannot_do_is_refused_before_anything_runs(
         worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config, built: list[str],
-        args: dict[str, Any], reason: str) -> None:
+        args: dict[str, Any], error: str, reason: str) -> None:
+    """What the schema refuses, or a plain build cannot do (networks, volumes), makes nothing."""
     uid = str(uuid.uuid4())
     with pytest.raises(RemoteError) as failure:
         rpc.call(cfg.host, "build_and_run_instance", {"instance": {"uuid": uid}, **args},
                  timeout=10)
-    assert "InvalidArguments" == failure.value.exc_class
+    assert error == failure.value.exc_class
     assert reason in failure.value.message
     assert None is domain_state(TEST_URI, uid)
     assert not (worker.paths.root / uid).exists()

@@ -34,7 +34,7 @@ def _publish_raw(cfg: Config, body: bytes, routing_key: str | None = None,
 
 
 def _cast_body(method: str, args: dict[str, object], unique_id: str | None = None) -> bytes:
-    return envelope.wrap({"method": method, "args": args, "version": "1.0",
+    return envelope.wrap({"method": method, "args": args, "version": "6.0",
                           "_unique_id": unique_id or uuid.uuid4().hex,
                           "_context_request_id": f"req-{uuid.uuid4()}"})
 
@@ -134,6 +134,16 @@ def test_fanout_cast_reaches_the_worker(
     fanout = Exchange(f"{cfg.topic}_fanout", type="fanout", durable=False, auto_delete=True)
     _publish_raw(cfg, _cast_body("pause_instance", {"instance": {"uuid": uid}}),
                  routing_key=cfg.topic, exchange=fanout)
+    tap.wait_type(uid, "instance.pause.end")
+
+
+def test_a_cast_on_the_alt_topic_is_served_like_one_on_the_host_topic(
+        worker: Service, tap: EventTap, cfg: Config,
+        domains: Callable[[int], list[str]]) -> None:
+    """nova 6.5 sends migration and volume-connection calls to compute-alt.<host>: served too."""
+    (uid,) = domains(1)
+    _publish_raw(cfg, _cast_body("pause_instance", {"instance": {"uuid": uid}}),
+                 routing_key=f"{cfg.topic}-alt.{cfg.host}")
     tap.wait_type(uid, "instance.pause.end")
 
 

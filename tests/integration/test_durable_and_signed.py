@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 def _cast(cfg: Config, method: str, args: dict[str, object],
           headers: dict[str, str] | None = None, body: bytes | None = None,
           host: str | None = None) -> bytes:
-    body = body or envelope.wrap({"method": method, "args": args, "version": "1.0",
+    body = body or envelope.wrap({"method": method, "args": args, "version": "6.0",
                                   "_unique_id": uuid.uuid4().hex})
     with Connection(cfg.transport_url) as conn:
         ex = Exchange(cfg.control_exchange, type="topic", durable=cfg.rabbit.amqp_durable_queues)
@@ -91,7 +91,7 @@ def _signed_cast(cfg: Config, key: bytes, args: dict[str, object], *, host: str 
                  signed_for: str | None = None, unique_id: str | None = "new",
                  age: float = 0.0) -> bytes:
     """Publish a pause signed for signed_for's queue (default host's) to host's queue."""
-    message: dict[str, object] = {"method": "pause_instance", "args": args, "version": "1.0"}
+    message: dict[str, object] = {"method": "pause_instance", "args": args, "version": "6.0"}
     if unique_id is not None:
         message["_unique_id"] = uuid.uuid4().hex if unique_id == "new" else unique_id
     body = envelope.wrap(message)

@@ -59,7 +59,7 @@ def test_each_verb_reaches_its_state(worker: Service, rpc: RpcClient, tap: Event
         ends = tap.wait_type(uid, f"instance.{action}.end",
                              count=sum(1 for s in steps[:number] if s[2] == action))
         data = ends[-1]["payload"]["nova_object.data"]
-        assert (power, vm) == (data["power_state"], data["vm_state"]), method
+        assert (power, vm) == (data["power_state"], data["state"]), method
     assert libvirt.VIR_DOMAIN_RUNNING == state_of(TEST_URI, uid)
     assert [] == [e for e in tap.of(uid) if e["event_type"].endswith(".error")]
 
@@ -74,7 +74,7 @@ def test_terminate_removes_domain_and_only_its_dir(
         (worker.paths.root / uid / "disk").write_text("x")
     rpc.cast(cfg.host, "terminate_instance", _inst(gone))
     end = tap.wait_type(gone, "instance.delete.end")[0]
-    assert "deleted" == end["payload"]["nova_object.data"]["vm_state"]
+    assert "deleted" == end["payload"]["nova_object.data"]["state"]
     assert None is domain_state(TEST_URI, gone)
     assert not (worker.paths.root / gone).exists()
     assert (worker.paths.root / keep / "disk").exists()
@@ -89,7 +89,8 @@ def test_missing_instance_is_instance_not_found(
     uid = "0f0e0d0c-0b0a-4909-8807-060504030201"
     rpc.cast(cfg.host, "pause_instance", _inst(uid))
     error = tap.wait_type(uid, "instance.pause.error")[0]
-    assert "InstanceNotFound" == error["payload"]["nova_object.data"]["fault"]["exception"]
+    fault = error["payload"]["nova_object.data"]["fault"]["nova_object.data"]
+    assert ("InstanceNotFound", "nova.exception") == (fault["exception"], fault["module_name"])
     assert "ERROR" == error["priority"]
     check_event(error)
     with pytest.raises(RemoteError) as caught:

@@ -89,7 +89,7 @@ def rpc_transport(cfg: Config, allowed_remote_exmods: list[str] | None = None,
 
 
 def rpc_client(transport: oslo_messaging.Transport, cfg: Config,
-               version: str = "1.0") -> oslo_messaging.RPCClient:
+               version: str = "6.0") -> oslo_messaging.RPCClient:
     """An oslo RPCClient aimed at cfg's host, as nova's scheduler builds one."""
     target = oslo_messaging.Target(topic=cfg.topic, server=cfg.host, version=version)
     return oslo_messaging.get_rpc_client(transport, target)
@@ -121,8 +121,7 @@ class Recorder(Gathered[OsloEvent]):
     def of(self, uid: str | None, event_type: str | None = None) -> list[OsloEvent]:
         """Events about one instance (None: events without an instance), optionally of a type."""
         return [e for e in self.snapshot()
-                if data(e).get("uuid", data(e).get("instance_uuid")) == uid
-                and (event_type is None or e["event_type"] == event_type)]
+                if _about(e) == uid and (event_type is None or e["event_type"] == event_type)]
 
     def types(self, uid: str | None) -> list[str]:
         """event_type of each verb's event about one instance, in order.
@@ -139,6 +138,13 @@ class Recorder(Gathered[OsloEvent]):
             seen = [(e["event_type"], data(e).get("uuid")) for e in self.snapshot()]
             raise AssertionError(f"no {count}x {event_type} for {uid}; saw {seen}")
         return self.of(uid, event_type)
+
+
+def _about(event: OsloEvent) -> Any:
+    """The instance an event is about; None for service.update (its uuid is the service's)."""
+    if str(event.get("event_type", "")).startswith("service."):
+        return None
+    return data(event).get("uuid", data(event).get("instance_uuid"))
 
 
 def data(event: OsloEvent) -> dict[str, Any]:

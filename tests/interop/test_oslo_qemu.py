@@ -53,7 +53,7 @@ def test_oslo_casts_every_verb_and_calls_both_queries_on_qemu(
         counts[action] = counts.get(action, 0) + 1
         end = listener.wait_type(uid, f"instance.{action}.end", counts[action], timeout=30)[-1]
         assert (power, vm, ctxt["request_id"], None) == (
-            data(end)["power_state"], data(end)["vm_state"], data(end)["request_id"],
+            data(end)["power_state"], data(end)["state"], data(end)["request_id"],
             data(end)["fault"]), method
         assert state == state_of(QEMU_URI, uid), method
         if action in ("suspend", "resume"):

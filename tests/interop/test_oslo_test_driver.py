@@ -41,8 +41,8 @@ def test_oslo_casts_every_verb_with_start_and_end_events(
         client.cast(ctxt, method, instance={"uuid": uid, "name": "vm1"}, **extra)
         counts[action] = counts.get(action, 0) + 1
         end = listener.wait_type(uid, f"instance.{action}.end", counts[action])[-1]
-        assert (power, vm, action) == (data(end)["power_state"], data(end)["vm_state"],
-                                       data(end)["action"]), method
+        assert (power, vm, action) == (data(end)["power_state"], data(end)["state"],
+                                       end["event_type"].split(".")[1]), method
         assert (cfg.host, ctxt["request_id"], None) == (
             data(end)["host"], data(end)["request_id"], data(end)["fault"])
         assert state == state_of(TEST_URI, uid), method
@@ -51,7 +51,7 @@ def test_oslo_casts_every_verb_with_start_and_end_events(
     expected = [f"instance.{verb[2]}.{phase}" for verb in VERBS for phase in ("start", "end")]
     assert expected == listener.types(uid)
     for event in listener.of(uid):
-        assert ("INFO", f"compute-worker:{cfg.host}") == (event["priority"], event["publisher_id"])
+        assert ("INFO", f"nova-compute:{cfg.host}") == (event["priority"], event["publisher_id"])
         if event["event_type"] != "instance.update":
             assert "InstanceActionPayload" == event["payload"]["nova_object.name"]
         check_oslo_event(event)
@@ -69,14 +69,16 @@ def test_oslo_calls_the_two_queries(worker: Service, client: oslo_messaging.RPCC
     assert {"uuid", "name", "power_state", "vm_state"} <= set(listed[uids[1]])
 
 
-def test_call_without_a_version_is_served_as_1_0(
+def test_call_without_a_version_is_1_0_and_not_served(
         worker: Service, transport: oslo_messaging.Transport, cfg: Config,
         domains: Callable[[int], list[str]]) -> None:
-    """A call from a Target without a version is served as 1.0, as oslo's server does."""
+    """A Target without a version sends 1.0, as oslo does; nova's API is 6.x: UnsupportedVersion."""
     (uid,) = domains(1)
     client = oslo_messaging.get_rpc_client(
         transport, oslo_messaging.Target(topic=cfg.topic, server=cfg.host))
-    assert uid == client.call(new_ctxt(), "get_instance_info", instance={"uuid": uid})["uuid"]
+    with pytest.raises(oslo_messaging.RemoteError) as caught:
+        client.call(new_ctxt(), "get_instance_info", instance={"uuid": uid})
+    assert "UnsupportedVersion" == caught.value.exc_type
 
 
 def test_unknown_method_is_no_such_method(worker: Service,
@@ -119,12 +121,15 @@ def test_failing_handler_is_instance_not_found(
     """An unknown UUID fails a call with InstanceNotFound and a cast with an ERROR event."""
     with pytest.raises(oslo_messaging.RemoteError) as caught:
         client.call(new_ctxt(), "get_instance_info", instance={"uuid": MISSING})
-    assert ("InstanceNotFound", MISSING) == (caught.value.exc_type, caught.value.value)
+    assert ("InstanceNotFound", f"Instance {MISSING} could not be found.") == (
+        caught.value.exc_type, caught.value.value)
     client.cast(new_ctxt(), "pause_instance", instance={"uuid": MISSING})
     error = listener.wait_type(MISSING, "instance.pause.error")[0]
     assert ["instance.pause.start", "instance.pause.error"] == listener.types(MISSING)
     assert "ERROR" == error["priority"]
-    assert {"exception": "InstanceNotFound", "exception_message": MISSING} == data(error)["fault"]
+    fault = data(error)["fault"]["nova_object.data"]
+    assert ("InstanceNotFound", f"Instance {MISSING} could not be found.", "nova.exception") == (
+        fault["exception"], fault["exception_message"], fault["module_name"])
     for event in listener.of(MISSING):
         check_oslo_event(event)
 
@@ -162,7 +167,7 @@ def test_events_published_before_the_listener_are_kept(
         recorder.wait_type(uid, "instance.pause.end")
         (status,) = recorder.wait_type(None, "service.update")
     assert ["instance.pause.start", "instance.pause.end"] == recorder.types(uid)
-    assert (cfg.host, True) == (data(status)["host"], data(status)["up"])
+    assert (cfg.host, False) == (data(status)["host"], data(status)["disabled"])
     for event in recorder.events:
         check_oslo_event(event)
 
@@ -209,7 +214,7 @@ def test_fanout_cast_reaches_the_worker(
     recorder = Recorder()
     start_worker(private)
     with notification_listener(private, recorder), rpc_transport(private) as transport:
-        target = oslo_messaging.Target(topic=private.topic, fanout=True, version="1.0")
+        target = oslo_messaging.Target(topic=private.topic, fanout=True, version="6.0")
         oslo_messaging.get_rpc_client(transport, target).cast(
             new_ctxt(), "pause_instance", instance={"uuid": uid})
         recorder.wait_type(uid, "instance.pause.end")
@@ -263,9 +268,9 @@ def test_worker_shares_exchange_and_queues_with_an_oslo_server(
 
 
 class _ComputeStandIn:
-    """The worker's two queries as an oslo endpoint: how oslo's own server answers."""
+    """The worker's two queries as an oslo endpoint at the worker's version (nova's 6.5)."""
 
-    target = oslo_messaging.Target(version="1.0")
+    target = oslo_messaging.Target(version="6.5")
 
     def get_instance_info(self, ctxt: object, instance: dict[str, str]) -> dict[str, str]:
         """Echo the uuid."""
@@ -278,12 +283,13 @@ class _ComputeStandIn:
 
 #: (method, version, namespace) of calls at the edges of what an endpoint serves.
 PROBES = [
-    ("no_such_verb", "1.0", None),
-    ("list_instances", "2.0", None),
-    ("list_instances", "1.1", None),
-    ("no_such_verb", "2.0", None),
-    ("list_instances", "1.0", "baremetal"),
-    ("list_instances", "1.0.0", None),
+    ("no_such_verb", "6.0", None),
+    ("list_instances", "7.0", None),
+    ("list_instances", "6.6", None),
+    ("no_such_verb", "7.0", None),
+    ("list_instances", "6.0", "baremetal"),
+    ("list_instances", "6.5.0", None),
+    ("list_instances", "1.0", None),
 ]
 
 
@@ -332,7 +338,7 @@ def test_fanout_cast_events_from_two_hosts_have_distinct_message_ids(
     start_worker(first)
     start_worker(second)
     with notification_listener(first, recorder), rpc_transport(first) as transport:
-        target = oslo_messaging.Target(topic=first.topic, fanout=True, version="1.0")
+        target = oslo_messaging.Target(topic=first.topic, fanout=True, version="6.0")
         # An instance neither host has: each answers with its own start and error events.
         oslo_messaging.get_rpc_client(transport, target).cast(
             new_ctxt(), "pause_instance", instance={"uuid": MISSING})

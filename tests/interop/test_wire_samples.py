@@ -77,7 +77,7 @@ def test_captured_cast_is_served(worker: Service, events: RawQueue, cfg: Config,
     sample = SAMPLES["cast"]
     inner = _inner(sample["body"])
     inner["args"]["instance"]["uuid"] = uid
-    inner["version"] = "1.0"  # the sample speaks nova's 6.0 API; the worker serves 1.0
+    inner["version"] = "6.0"  # oslo's sample was sent at 1.0; the worker serves nova's 6.x
     publish_raw(cfg, _body(inner), control_exchange(cfg), f"{cfg.topic}.{cfg.host}")
     start, end = _events_about(events, uid, 2)
     assert libvirt.VIR_DOMAIN_PAUSED == state_of(TEST_URI, uid)
@@ -111,6 +111,7 @@ def test_captured_call_gets_oslo_shaped_reply(
     sample = SAMPLES[name]
     inner = _inner(sample["request"]["body"])
     inner["_reply_q"] = replies.name
+    inner["version"] = "6.0"  # oslo's sample was sent at 1.0; the worker serves nova's 6.x
     if name == "call_ok":
         inner["args"]["instance"]["uuid"] = uid
     publish_raw(cfg, _body(inner), control_exchange(cfg), f"{cfg.topic}.{cfg.host}")
@@ -158,9 +159,8 @@ def test_captured_fanout_cast_is_consumed_and_answered_with_a_reject_event(
     sent = _inner(body)
     data = event["payload"]["nova_object.data"]
     assert ("rpc_message.reject.error", "ERROR") == (event["event_type"], event["priority"])
-    # Sent at version 6.0, which this API (1.0) does not serve: oslo's order
-    # makes that UnsupportedVersion before it looks for the method.
-    assert ("refresh_cache", sent["_unique_id"], "req-123", "UnsupportedVersion") == (
+    # Sent at version 6.0, which this API (nova's 6.5) serves: a method it does not have.
+    assert ("refresh_cache", sent["_unique_id"], "req-123", "NoSuchMethod") == (
         data["method"], data["unique_id"], data["request_id"], data["fault"]["exception"])
     check_event(event)
 

@@ -31,7 +31,7 @@ def test_defaults_are_oslo_compatible() -> None:
     assert cfg.rabbit.amqp_durable_queues is False
     assert cfg.shared_queue is False
     assert socket.gethostname() == cfg.host
-    assert f"compute-worker:{socket.gethostname()}" == cfg.event_publisher_id
+    assert f"nova-compute:{socket.gethostname()}" == cfg.event_publisher_id
 
 
 def test_default_environment_is_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -59,10 +59,10 @@ def test_vm_state(state: str, saved: bool, expected: str) -> None:
 
 def test_every_mapped_state_is_allowed_by_the_event_schema() -> None:
     """Whatever the mapping returns fits InstanceActionPayload's enums."""
-    props = schemas.raw("events", "InstanceActionPayload")["properties"]
+    props = schemas.raw("events", "InstanceActionPayload")["$defs"]["instance"]["properties"]
 
     for state in DESIGN_TABLE:
         mapped = power_state.from_libvirt(state)
         assert mapped in props["power_state"]["enum"]
         for saved in (False, True):
-            assert power_state.vm_state(mapped, saved) in props["vm_state"]["enum"]
+            assert power_state.vm_state(mapped, saved) in props["state"]["enum"]

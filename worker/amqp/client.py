@@ -58,7 +58,7 @@ class RpcClient:
                                content_type="application/json", content_encoding="utf-8",
                                delivery_mode=2, headers=headers)
 
-    def cast(self, host: str, method: str, args: dict[str, Any], *, version: str = "1.0",
+    def cast(self, host: str, method: str, args: dict[str, Any], *, version: str = "6.0",
              context: dict[str, Any] | None = None) -> dict[str, Any]:
         """Send a cast; returns the inner message sent (with its ``_unique_id``)."""
         msg = self._message(method, args, version, context)
@@ -82,7 +82,7 @@ class RpcClient:
         self._reply_consumer.consume()
 
     def call(self, host: str, method: str, args: dict[str, Any], *, timeout: float = 30.0,
-             version: str = "1.0", monitor: float | None = None,
+             version: str = "6.0", monitor: float | None = None,
              context: dict[str, Any] | None = None) -> Any:
         """Send a call and wait for its ending reply; RemoteError on a failure."""
         self._listen()

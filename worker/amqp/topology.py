@@ -59,6 +59,18 @@ def host_queue(cfg: Config) -> Queue:
                           queue_arguments=rpc_queue_arguments(cfg) or None)
 
 
+def alt_host_queue(cfg: Config) -> Queue:
+    """``<topic>-alt.<host>``: where nova 6.5 sends migration and volume-connection calls.
+
+    nova's second RPC server on its own topic, so those calls do not wait behind
+    the host's other work in the broker; ours serves it like the host queue.
+    """
+    name = f"{cfg.topic}-alt.{cfg.host}"
+    return ExclusiveQueue(name, control_exchange(cfg), routing_key=name,
+                          durable=cfg.rabbit.amqp_durable_queues, auto_delete=False,
+                          queue_arguments=rpc_queue_arguments(cfg) or None)
+
+
 def shared_queue(cfg: Config) -> Queue:
     """``<topic>``: shared by every worker of the topic (off unless asked for)."""
     return Queue(cfg.topic, control_exchange(cfg), routing_key=cfg.topic,
@@ -89,7 +101,7 @@ def fanout_queue(cfg: Config, unique: str) -> Queue:
 
 def rpc_queues(cfg: Config, fanout_unique: str) -> list[Queue]:
     """Every queue the worker consumes."""
-    queues = [host_queue(cfg), fanout_queue(cfg, fanout_unique)]
+    queues = [host_queue(cfg), alt_host_queue(cfg), fanout_queue(cfg, fanout_unique)]
     if cfg.shared_queue:
         queues.append(shared_queue(cfg))
     return queues

@@ -87,7 +87,7 @@ def run_demo() -> int:
                 if len(done) >= expected:
                     break
                 time.sleep(0.05)
-            print(f"{'ms':>7}  {'instance':<8} {'event':<28} {'power_state':<12} vm_state")
+            print(f"{'ms':>7}  {'instance':<8} {'event':<28} {'power_state':<12} state")
             failures = 0
             for arrived, event in seen:
                 if not event["event_type"].startswith("instance.") or event["event_type"].endswith(
@@ -98,7 +98,7 @@ def run_demo() -> int:
                 ms = (arrived - started) * 1000
                 print(f"{ms:>7.1f}  {names.get(data['uuid'], data['uuid'][:8]):<8} "
                       f"{event['event_type']:<28} {str(data['power_state']):<12} "
-                      f"{data['vm_state']}")
+                      f"{data['state']}")
             try:
                 listing = client.call(HOST, "list_instances", {}, timeout=10)
             except RemoteError as exc:

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("target_host", metavar="HOST")
         p.add_argument("method", metavar="METHOD")
         p.add_argument("--args", default="{}", metavar="JSON", help="keyword arguments as JSON")
-        p.add_argument("--version", dest="rpc_version", default="1.0", help="RPC version sent")
+        p.add_argument("--version", dest="rpc_version", default="6.0",
+                       help="RPC version sent (nova compute API 6.x)")
         if verb == "call":
             p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
         _add_options(p, CLIENT_OPTIONS)

@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.codec import nova_objects
 from worker.errors import InvalidEnvelope, MessageTooLarge, WorkerError
 
 OSLO_VERSION = "2.0"
@@ -47,10 +48,7 @@ class Request:
     @property
     def instance_uuid(self) -> str | None:
         """The uuid of ``args.instance``, when it is there and a string."""
-        instance = self.args.get("instance")
-        if isinstance(instance, dict) and isinstance(instance.get("uuid"), str):
-            return str(instance["uuid"])
-        return None
+        return nova_objects.instance_uuid(self.args.get("instance"))
 
 
 def _no_constants(name: str) -> Any:
@@ -126,13 +124,6 @@ def _partial(inner: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _primitive(value: Any) -> Any:
-    """A nova versioned object (as nova's serializer sends it) reduced to its data."""
-    if isinstance(value, dict) and isinstance(value.get("nova_object.data"), dict):
-        return value["nova_object.data"]
-    return value
-
-
 def unwrap(body: bytes | str, max_bytes: int) -> dict[str, Any]:
     """Body bytes to the inner message object, enveloped or bare."""
     if len(body) > max_bytes:
@@ -163,7 +154,6 @@ def decode_request(body: bytes | str, max_bytes: int) -> Request:
     args = inner.get("args", {})
     if not isinstance(args, dict):
         raise InvalidEnvelope("args must be an object", **partial)
-    args = {key: _primitive(value) for key, value in args.items()}
     version = inner.get("version", "1.0")
     if not isinstance(version, str) or not _VERSION.match(version):
         raise InvalidEnvelope("version must be 'major.minor' or 'major.minor.revision'",

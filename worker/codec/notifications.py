@@ -1,4 +1,4 @@
-"""Notification bodies (oslo's notifier format) with nova-shaped versioned payloads."""
+"""Notification bodies in oslo's notifier format, around a versioned payload (codec.payloads)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker.codec.envelope import new_unique_id
-from worker.errors import WorkerError
 
-NAMESPACE = "compute_worker"
-PAYLOAD_VERSION = "1.0"
 # Fixed namespace for uuid5: the same message and event always get the same
 # message_id, so a repeat sent after a crash can be dropped by consumers.
 _ID_NAMESPACE = uuid.UUID("6b1c6c1e-6f3a-4b8e-9a57-0c1d3e5f7a90")
@@ -48,7 +45,7 @@ def timestamp() -> str:
 
 
 def notification(
-    *, event_type: str, payload_name: str, data: dict[str, Any], publisher_id: str, topic: str,
+    *, event_type: str, payload: dict[str, Any], publisher_id: str, topic: str,
     error: bool = False, source_id: str | None = None,
 ) -> Event:
     """Build one event; ``source_id`` (the causing message's id) fixes its message_id."""
@@ -61,18 +58,7 @@ def notification(
             "event_type": event_type,
             "priority": priority,
             "timestamp": timestamp(),
-            "payload": {
-                "nova_object.name": payload_name,
-                "nova_object.namespace": NAMESPACE,
-                "nova_object.version": PAYLOAD_VERSION,
-                "nova_object.data": data,
-            },
+            "payload": payload,
             "_unique_id": new_unique_id(),
         },
     )
-
-
-def fault(exc: BaseException) -> dict[str, str]:
-    """The ``fault`` of an error payload: class name and a message safe to publish."""
-    text = exc.message if isinstance(exc, WorkerError) else f"internal error ({type(exc).__name__})"
-    return {"exception": type(exc).__name__, "exception_message": text[:1024]}

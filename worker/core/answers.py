@@ -1,4 +1,4 @@
-"""What the worker publishes, as messages: events (from codec/payloads) and call replies.
+"""What the worker publishes, as messages: nova's notifications (codec/payloads) and replies.
 
 The one place that turns a payload into an Outgoing on the control exchange, so every
 event of the host carries the same publisher_id, topic and exchange.
@@ -6,6 +6,10 @@ event of the host carries the same publisher_id, topic and exchange.
 
 from __future__ import annotations
 
+import datetime
+import itertools
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from worker.codec import envelope, notifications, payloads
@@ -14,6 +18,17 @@ from worker.config import Config
 from worker.errors import BadMessage
 from worker.messages import Outgoing
 
+#: Instances whose nova Instance the worker keeps (for events no request carries).
+_REMEMBERED = 10000
+
+
+def caller(req: Request) -> payloads.Caller:
+    """Who asked: the request id and the user and project of the message's context."""
+    def text(key: str) -> str | None:
+        value = req.context.get(key)
+        return value if isinstance(value, str) else None
+    return payloads.Caller(req.request_id, text("user_id"), text("project_id"))
+
 
 class Answers:
     """Builds this host's events and replies as messages ready to publish."""
@@ -21,29 +36,47 @@ class Answers:
     def __init__(self, cfg: Config, version: str) -> None:
         self.cfg = cfg
         self.version = version
+        self._reports = itertools.count(1)
+        # uuid -> nova's Instance as the last request about it carried it: what
+        # an instance.update (which no request carries) says besides the domain.
+        self._instances: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def event(self, event_type: str, payload_name: str, data: dict[str, Any], *,
-              error: bool = False, source_id: str | None = None) -> Outgoing:
+    def remember(self, uuid: str, instance: dict[str, Any] | None) -> None:
+        """Keep the latest nova Instance of an instance (None forgets it)."""
+        with self._lock:
+            if instance is None:
+                self._instances.pop(uuid, None)
+                return
+            self._instances[uuid] = instance
+            self._instances.move_to_end(uuid)
+            while len(self._instances) > _REMEMBERED:
+                self._instances.popitem(last=False)
+
+    def instance(self, uuid: str) -> dict[str, Any]:
+        """The remembered nova Instance of uuid, or just its uuid."""
+        with self._lock:
+            return dict(self._instances.get(uuid) or {"uuid": uuid})
+
+    def event(self, event_type: str, payload: dict[str, Any], *, error: bool = False,
+              source_id: str | None = None) -> Outgoing:
         """One notification on the control exchange; source_id fixes its message_id."""
         event = notifications.notification(
-            event_type=event_type, payload_name=payload_name, data=data,
-            publisher_id=self.cfg.event_publisher_id,
-            topic=self.cfg.notifications.notification_topic,
-            error=error, source_id=source_id)
+            event_type=event_type, payload=payload, publisher_id=self.cfg.event_publisher_id,
+            topic=self.cfg.notifications.notification_topic, error=error, source_id=source_id)
         return Outgoing(self.cfg.control_exchange, event.routing_key,
                         envelope.wrap(event.message))
 
-    def instance_action(self, req: Request, action: str, phase: str, state: dict[str, Any],
-                        error: BaseException | None = None) -> Outgoing:
-        """instance.<action>.<phase> for the request, with the instance's state."""
-        data = payloads.instance_action(
-            uuid=state.get("uuid", req.instance_uuid),
-            name=state.get("name", (req.args.get("instance") or {}).get("name")),
-            host=self.cfg.host, power_state=state.get("power_state"),
-            vm_state=state.get("vm_state"), action=action, request_id=req.request_id,
-            error=error)
-        return self.event(f"instance.{action}.{phase}", "InstanceActionPayload", data,
-                          error=error is not None, source_id=req.unique_id)
+    def instance_action(self, req: Request, instance: dict[str, Any], action: str, phase: str,
+                        live: dict[str, Any], error: BaseException | None = None) -> Outgoing:
+        """instance.<action>.<phase> for the request, with the instance's state now."""
+        payload = payloads.instance_action(
+            instance=instance or {"uuid": req.instance_uuid}, live=live, host=self.cfg.host,
+            caller=caller(req), action=action,
+            task_state=instance.get("task_state") if phase == "start" else None,
+            error=error, domain_name=live.get("name"))
+        return self.event(f"instance.{action}.{phase}", payload, error=error is not None,
+                          source_id=req.unique_id)
 
     def reply(self, req: Request, result: Any = None,
               error: BaseException | None = None) -> Outgoing:
@@ -61,21 +94,28 @@ class Answers:
         if partial.get("reply_q") and partial.get("msg_id"):
             return Outgoing("", partial["reply_q"], envelope.reply(partial["msg_id"], error=exc),
                             True)
-        data = payloads.rpc_reject(
+        payload = payloads.rpc_reject(
             host=self.cfg.host, method=partial.get("method"), unique_id=partial.get("unique_id"),
             request_id=partial.get("request_id"), instance_uuid=partial.get("instance_uuid"),
             error=exc)
-        return self.event("rpc_message.reject.error", "RpcRejectPayload", data, error=True,
+        return self.event("rpc_message.reject.error", payload, error=True,
                           source_id=partial.get("unique_id"))
 
-    def service_status(self, *, up: bool, disabled_reason: str | None) -> Outgoing:
-        """service.update: up or down, and why the host is disabled if it is."""
-        data = payloads.service_status(host=self.cfg.host, binary="compute-worker",
-                                       topic=self.cfg.topic, up=up,
-                                       disabled_reason=disabled_reason, version=self.version)
-        return self.event("service.update", "ServiceStatusPayload", data)
+    def service_status(self, *, disabled_reason: str | None) -> Outgoing:
+        """service.update: nova's compute service on this host, disabled with a reason or not."""
+        payload = payloads.service_status(
+            host=self.cfg.host, binary="nova-compute", topic=self.cfg.topic,
+            report_count=next(self._reports), disabled_reason=disabled_reason,
+            last_seen_up=datetime.datetime.now(datetime.UTC))
+        return self.event("service.update", payload)
 
-    def instance_update(self, **fields: Any) -> Outgoing:
+    def instance_update(self, uuid: str, live: dict[str, Any],
+                        old_state: str | None) -> Outgoing:
         """instance.update: a state change no verb of ours caused."""
-        return self.event("instance.update", "InstanceUpdatePayload",
-                          payloads.instance_update(host=self.cfg.host, **fields))
+        now = datetime.datetime.now(datetime.UTC)
+        # nova's default audit period: the month so far.
+        month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        payload = payloads.instance_update(instance=self.instance(uuid), live=live,
+                                           host=self.cfg.host, old_state=old_state,
+                                           audit_from=month, now=now)
+        return self.event("instance.update", payload)

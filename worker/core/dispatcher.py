@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import structlog
 
 from worker import logs
-from worker.codec import envelope, signing
+from worker.codec import envelope, nova_objects, signing
 from worker.codec.envelope import Request
 from worker.config import Config
 from worker.core.answers import Answers
@@ -176,7 +176,8 @@ class Dispatcher:
             return
         try:
             method = self.table.lookup(req)
-            args = check_args(method.schema, req.args)
+            # The schema sees nova's object envelopes; the handler gets their data.
+            args = nova_objects.plain_args(check_args(method.schema, req.args))
         except BadMessage as exc:
             self._reject(record, exc)
             return
@@ -228,11 +229,14 @@ class Dispatcher:
     def _run(self, req: Request, method: Method, args: dict[str, Any]) -> Ran | None:
         """Run the handler and build its answers; None to requeue (libvirt away at a stop)."""
         ctx = self._context(req)
+        given = args.get("instance")
+        instance: dict[str, Any] = given if isinstance(given, dict) else {}
+        if instance and req.instance_uuid:
+            self.answers.remember(req.instance_uuid.lower(), instance)
         held = None
         if method.action:
-            held = self.outbox.hold(
-                self.answers.instance_action(req, method.action, "start", self._peek(req, ctx)),
-                START_HOLD)
+            held = self.outbox.hold(self.answers.instance_action(
+                req, instance, method.action, "start", self._peek(req, ctx)), START_HOLD)
         result: Any = None
         ran: Ran | None
         try:
@@ -250,7 +254,8 @@ class Dispatcher:
                 # A fresh Context each try: the domains ctx looked up belong to
                 # the connection that broke, and would fail the same way again.
                 result = policy(lambda: method.handler(self._context(req), args))
-            ran = Ran(self._answers(req, method, result=result), changed=True, failed=False)
+            ran = Ran(self._answers(req, method, instance, result=result), changed=True,
+                      failed=False)
         except HypervisorUnavailable as exc:
             log.error("libvirt_unavailable_at_stop_message_requeued", error=exc.message)
             ran = None
@@ -259,7 +264,7 @@ class Dispatcher:
                 log.warning("verb_failed", error=type(exc).__name__, reason=exc.message)
             else:
                 log.exception("verb_crashed")
-            ran = Ran(self._answers(req, method, error=exc),
+            ran = Ran(self._answers(req, method, instance, error=exc),
                       changed=not (isinstance(exc, WorkerError) and exc.changes_nothing),
                       failed=True)
         if held is not None:
@@ -283,8 +288,8 @@ class Dispatcher:
         except WorkerError:
             return {}
 
-    def _answers(self, req: Request, method: Method, result: Any = None,
-                 error: BaseException | None = None) -> list[Outgoing]:
+    def _answers(self, req: Request, method: Method, instance: dict[str, Any],
+                 result: Any = None, error: BaseException | None = None) -> list[Outgoing]:
         out: list[Outgoing] = []
         if method.action:
             # An error event still says what state the instance is in now.
@@ -292,7 +297,9 @@ class Dispatcher:
             if error is not None and method.vm_state_on_error is not None:
                 state = {**state, "vm_state": method.vm_state_on_error}
             out.append(self.answers.instance_action(
-                req, method.action, "error" if error else "end", state, error))
+                req, instance, method.action, "error" if error else "end", state, error))
+            if error is None and state.get("vm_state") == "deleted" and req.instance_uuid:
+                self.answers.remember(req.instance_uuid.lower(), None)
         if req.is_call:
             out.append(self.answers.reply(req, result, error))
         return out

@@ -33,10 +33,10 @@ def names(kind: str) -> list[str]:
 
 @functools.cache
 def raw(kind: str, name: str) -> dict[str, Any]:
-    """One schema as data, with the shared ``$defs`` merged in for rpc schemas."""
+    """One schema as data, with its kind's shared ``$defs`` (definitions.json) merged in."""
     schema = _read(kind, name)
-    if kind == "rpc":
-        schema = {**schema, "$defs": _read("rpc", "definitions")["$defs"]}
+    if kind in ("rpc", "events") and name != "notification":
+        schema = {**schema, "$defs": _read(kind, "definitions")["$defs"]}
     return schema
 
 

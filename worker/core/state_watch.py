@@ -15,6 +15,7 @@ from worker.config import Config
 from worker.core.answers import Answers
 from worker.errors import InstanceNotFound, WorkerError
 from worker.messages import Outgoing
+from worker.virt import power_state
 from worker.virt.hypervisor import Hypervisor
 from worker.virt.lifecycle import LifecycleEvent
 
@@ -168,10 +169,10 @@ class StateWatch:
             cause = "sync"
         self.reported += 1
         log.info("instance_state_changed", instance=uuid, old=old, new=current, cause=cause)
-        self._publish(self._answers.instance_update(
-            uuid=uuid, name=name, power_state=None if current == _GONE else current,
-            old_power_state=None if old in (None, _GONE) else old, vm_state=vm_state,
-            cause=cause))
+        live = {"uuid": uuid, "name": name, "vm_state": vm_state,
+                "power_state": None if current == _GONE else current}
+        was = None if old in (None, _GONE) else power_state.vm_state(old, False)
+        self._publish(self._answers.instance_update(uuid, live, was))
 
     def _sync(self) -> None:
         seen = set()

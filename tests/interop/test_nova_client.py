@@ -1,0 +1,188 @@
+"""nova's own compute client drives the worker: nova 34's ComputeAPI, no database, real QEMU.
+
+nova's ``rpcapi.ComputeAPI`` with ``[upgrade_levels] compute`` pinned needs no database;
+it casts and calls with nova's objects (Instance, Flavor, BlockDeviceMappingList) exactly as
+a conductor would. Every event the worker publishes is judged by nova's own notification
+classes (tests.helpers.check_event), and a failure comes back as nova's exception.
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from tests.domains import QEMU_URI, remove_domains, state_of
+from tests.helpers import check_event
+from tests.taps import EventTap
+from worker.config import Config
+from worker.service import Service
+
+pytestmark = pytest.mark.interop
+#: One control exchange for the whole module: nova's CONF is global and parsed once.
+EXCHANGE = f"nova_client_{uuid.uuid4().hex[:8]}"
+HOST = f"nova-client-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module", params=["6.0", "6.5"], ids=["cap 6.0", "cap 6.5"])
+def nova(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+         broker_url: str) -> Iterator[Any]:
+    """nova's CONF parsed from a file with our broker and exchange, and the compute cap."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nova's imports warn about eventlet and friends
+        from nova import config, objects, rpc
+        from nova.compute import rpcapi
+    conf = tmp_path_factory.mktemp("nova") / "nova.conf"
+    conf.write_text(f"[DEFAULT]\ntransport_url = {broker_url.replace('amqp://', 'rabbit://')}\n"
+                    f"control_exchange = {EXCHANGE}\n"
+                    f"[upgrade_levels]\ncompute = {request.param}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if rpc.TRANSPORT is not None:
+            rpc.cleanup()
+        config.CONF.reset()
+        config.parse_args(["nova-test", "--config-file", str(conf)], configure_db=False)
+        objects.register_all()
+    yield rpcapi
+    rpc.cleanup()
+
+
+@pytest.fixture
+def cfg(make_config: Callable[..., Config]) -> Config:
+    """A qemu:///system worker on nova's exchange and host, with short guest timeouts."""
+    return make_config(virt_type="qemu", soft_reboot_timeout=2, shutdown_timeout=2,
+                       control_exchange=EXCHANGE, host=HOST)
+
+
+@pytest.fixture
+def worker(cfg: Config, tap: EventTap) -> Iterator[Service]:
+    """The worker under nova's client."""
+    service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
+    service.start()
+    yield service
+    service.stop(grace=10)
+
+
+def _instance(uid: str) -> Any:
+    """An Instance as nova's conductor has it for a new server (64 MiB, 1 vCPU, no image)."""
+    from nova import objects
+
+    flavor = objects.Flavor(id=1, flavorid="1", name="tiny", memory_mb=64, vcpus=1, root_gb=0,
+                            ephemeral_gb=0, swap=0, extra_specs={})
+    return objects.Instance(uuid=uid, host=HOST, node=HOST, display_name="nova-vm",
+                            hostname="nova-vm", flavor=flavor, memory_mb=64, vcpus=1,
+                            root_gb=0, ephemeral_gb=0, image_ref="", vm_state="building",
+                            task_state="spawning", user_id="user-1", project_id="project-1",
+                            metadata={}, system_metadata={}, power_state=0)
+
+
+@pytest.fixture
+def built() -> Iterator[list[str]]:
+    """UUIDs built through nova's client; their domains are removed afterwards."""
+    made: list[str] = []
+    yield made
+    remove_domains(QEMU_URI, made)
+
+
+def _context() -> Any:
+    from nova import context
+
+    return context.RequestContext(user_id="user-1", project_id="project-1", is_admin=True)
+
+
+def _ends(tap: EventTap, uid: str, action: str, count: int) -> dict[str, Any]:
+    ends = tap.wait_type(uid, f"instance.{action}.end", count=count, timeout=60)
+    data: dict[str, Any] = ends[-1]["payload"]["nova_object.data"]
+    return data
+
+
+def test_nova_compute_api_drives_every_verb_on_qemu(
+        nova: Any, worker: Service, tap: EventTap, built: list[str]) -> None:
+    """build, pause, unpause, suspend, resume, reboot SOFT and HARD, stop, start, terminate."""
+    from nova import objects
+
+    api, ctxt, uid = nova.ComputeAPI(), _context(), str(uuid.uuid4())
+    built.append(uid)
+    instance = _instance(uid)
+    api.build_and_run_instance(
+        ctxt, instance, host=HOST, image=None, request_spec=None, filter_properties={},
+        requested_networks=objects.NetworkRequestList(objects=[]), security_groups=[],
+        block_device_mapping=objects.BlockDeviceMappingList(objects=[]), node=HOST,
+        limits={}, host_list=[], accel_uuids=[])
+    created = _ends(tap, uid, "create", 1)
+    assert ("running", "active", "nova-vm", "tiny") == (
+        created["power_state"], created["state"], created["display_name"],
+        created["flavor"]["nova_object.data"]["name"])
+    assert libvirt.VIR_DOMAIN_RUNNING == state_of(QEMU_URI, uid)
+
+    steps: list[tuple[str, Callable[[], None], str, str, int | None]] = [
+        ("pause", lambda: api.pause_instance(ctxt, instance), "paused", "paused",
+         libvirt.VIR_DOMAIN_PAUSED),
+        ("unpause", lambda: api.unpause_instance(ctxt, instance), "running", "active",
+         libvirt.VIR_DOMAIN_RUNNING),
+        ("suspend", lambda: api.suspend_instance(ctxt, instance), "shutdown", "suspended",
+         libvirt.VIR_DOMAIN_SHUTOFF),
+        ("resume", lambda: api.resume_instance(ctxt, instance), "running", "active",
+         libvirt.VIR_DOMAIN_RUNNING),
+        ("reboot", lambda: api.reboot_instance(ctxt, instance, None, "SOFT"), "running",
+         "active", libvirt.VIR_DOMAIN_RUNNING),
+        ("reboot", lambda: api.reboot_instance(ctxt, instance, None, "HARD"), "running",
+         "active", libvirt.VIR_DOMAIN_RUNNING),
+        ("power_off", lambda: api.stop_instance(ctxt, instance), "shutdown", "stopped",
+         libvirt.VIR_DOMAIN_SHUTOFF),
+        ("power_on", lambda: api.start_instance(ctxt, instance), "running", "active",
+         libvirt.VIR_DOMAIN_RUNNING),
+        ("delete", lambda: api.terminate_instance(
+            ctxt, instance, objects.BlockDeviceMappingList(objects=[])), "", "deleted", None),
+    ]
+    counts: dict[str, int] = {}
+    for action, send, power, state, libvirt_state in steps:
+        counts[action] = counts.get(action, 0) + 1
+        send()
+        data = _ends(tap, uid, action, counts[action])
+        assert (power or None, state) == (data["power_state"], data["state"]), action
+        assert ("project-1", "user-1") == (data["tenant_id"], data["action_initiator_user"])
+        assert libvirt_state == state_of(QEMU_URI, uid), action
+    starts = {e["event_type"] for e in tap.of(uid)}
+    assert {f"instance.{a}.start" for a in counts} | {"instance.create.start"} <= starts
+    for event in tap.events:
+        check_event(event)  # schemas/events and nova's own classes
+
+
+def test_a_call_on_a_missing_instance_raises_nova_s_own_exception(
+        nova: Any, worker: Service) -> None:
+    """stop_instance(do_cast=False) is a call: nova's client raises nova.exception's class."""
+    from nova import exception
+
+    missing = str(uuid.uuid4())
+    with pytest.raises(exception.InstanceNotFound) as caught:
+        nova.ComputeAPI().stop_instance(_context(), _instance(missing), do_cast=False)
+    assert f"Instance {missing} could not be found." == str(caught.value).strip()
+
+
+def test_every_nova_sample_message_decodes_and_fits_its_schema_or_is_refused_clearly() -> None:
+    """What nova 34's client sent for each method this worker serves passes its schema."""
+    import json
+
+    from handlers.registry import TABLE
+    from worker.codec.envelope import Request
+    from worker.codec.nova_objects import plain_args
+    from worker.core.schemas import check_args
+
+    samples = json.loads((Path(__file__).parents[1] / "nova-wire-samples.json").read_text())
+    served = 0
+    for sample in samples["messages"]:
+        message = sample["message"]
+        method = TABLE.methods.get(message["method"])
+        if method is None:
+            continue  # issues still to come: volumes, snapshots, consoles, migration
+        request = Request(message["method"], message["args"], version=message["version"])
+        assert method is TABLE.lookup(request)
+        plain_args(check_args(method.schema, message["args"]))
+        served += 1
+    assert 5 <= served
