@@ -109,7 +109,7 @@ def test_power_verbs_on_a_stopped_instance_fail_and_change_nothing(
                            ("suspend_instance", "suspend"), ("resume_instance", "resume")):
         run = verb(vm, method, action, phase="error")
         assert ("shutdown", "stopped") == states(run.before), method
-        fault = run.after["fault"]
+        fault = run.after["fault"]["nova_object.data"]
         assert "InstanceInvalidState" == fault["exception"], method
         assert "shutdown" in fault["exception_message"], method
         assert (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_UNKNOWN) == domain_state(

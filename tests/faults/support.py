@@ -690,7 +690,7 @@ def analyse(plan: list[Cast], records: list[Tapped]) -> Outcome:
             continue
         cast = matched
         if (owner is not cast or data.get("uuid") != cast.vm.uuid
-                or data.get("action") != cast.action
+                or event_type.split(".")[1] != cast.action
                 or event.get("message_id") != cast.event_id(event_type)):
             out.strays.append(f"{event_type} with message_id of cast #{cast.index} does not "
                               f"match it: {data}")

@@ -22,10 +22,9 @@ RESTARTS = 2
 
 
 def _enabled(records: list[Tapped], host: str) -> int:
-    """How many service.update events said the host is up and enabled."""
+    """How many service.update events said the host is enabled (nova's payload has no "up")."""
     return sum(1 for r in records if r.event.get("event_type") == "service.update"
                and r.event["payload"]["nova_object.data"].get("host") == host
-               and r.event["payload"]["nova_object.data"].get("up")
                and not r.event["payload"]["nova_object.data"].get("disabled"))
 
 
