@@ -29,7 +29,8 @@ def test_casts_survive_a_full_state_dir(private_broker: PrivateBroker,
     While full the worker takes no casts (they wait in the queue), holds the events of verbs it
     could not journal, and reports itself disabled; freed, it journals, publishes and resumes.
     """
-    with small_disk(tmp_path / "state-disk") as disk:
+    # Room for the journal of every cast (nova payloads, about 8 KiB a record) once freed.
+    with small_disk(tmp_path / "state-disk", size="32m") as disk:
         domains = vms(DOMAINS)
         with Scenario("full-disk", url=private_broker.url, durable=True, quorum=True,
                       tmp=tmp_path, vms=domains, count=CASTS, rate=RATE,

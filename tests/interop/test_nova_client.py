@@ -17,7 +17,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.domains import QEMU_URI, remove_domains, state_of
+from tests.domains import QEMU_URI, TEST_URI, remove_domains, state_of
 from tests.helpers import check_event
 from tests.taps import EventTap
 from worker.config import Config
@@ -29,34 +29,42 @@ EXCHANGE = f"nova_client_{uuid.uuid4().hex[:8]}"
 HOST = f"nova-client-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module", params=["6.0", "6.5"], ids=["cap 6.0", "cap 6.5"])
-def nova(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-         broker_url: str) -> Iterator[Any]:
-    """nova's CONF parsed from a file with our broker and exchange, and the compute cap."""
+@pytest.fixture(scope="module")
+def nova_conf(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Iterator[Any]:
+    """nova's CONF parsed once (it is global) from a file with our broker and exchange."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nova's imports warn about eventlet and friends
         from nova import config, objects, rpc
-        from nova.compute import rpcapi
     conf = tmp_path_factory.mktemp("nova") / "nova.conf"
     conf.write_text(f"[DEFAULT]\ntransport_url = {broker_url.replace('amqp://', 'rabbit://')}\n"
-                    f"control_exchange = {EXCHANGE}\n"
-                    f"[upgrade_levels]\ncompute = {request.param}\n")
+                    f"control_exchange = {EXCHANGE}\n[upgrade_levels]\ncompute = 6.0\n")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if rpc.TRANSPORT is not None:
-            rpc.cleanup()
-        config.CONF.reset()
         config.parse_args(["nova-test", "--config-file", str(conf)], configure_db=False)
         objects.register_all()
-    yield rpcapi
+    yield config.CONF
     rpc.cleanup()
 
 
-@pytest.fixture
-def cfg(make_config: Callable[..., Config]) -> Config:
-    """A qemu:///system worker on nova's exchange and host, with short guest timeouts."""
-    return make_config(virt_type="qemu", soft_reboot_timeout=2, shutdown_timeout=2,
+@pytest.fixture(params=["6.0", "6.5"], ids=["cap 6.0", "cap 6.5"])
+def nova(request: pytest.FixtureRequest, nova_conf: Any) -> Iterator[Any]:
+    """nova's rpcapi module, its ComputeAPI capped at 6.0 or at 6.5 ([upgrade_levels])."""
+    from nova.compute import rpcapi
+
+    nova_conf.set_override("compute", request.param, group="upgrade_levels")
+    yield rpcapi
+    nova_conf.clear_override("compute", group="upgrade_levels")
+
+
+@pytest.fixture(params=["qemu", "test"], ids=["qemu:///system", "test driver"])
+def cfg(request: pytest.FixtureRequest, make_config: Callable[..., Config]) -> Config:
+    """A worker on nova's exchange and host (real QEMU, or libvirt's test driver)."""
+    return make_config(virt_type=request.param, soft_reboot_timeout=2, shutdown_timeout=2,
                        control_exchange=EXCHANGE, host=HOST)
+
+
+def _uri(cfg: Config) -> str:
+    return QEMU_URI if cfg.libvirt.virt_type == "qemu" else TEST_URI
 
 
 @pytest.fixture
@@ -82,11 +90,12 @@ def _instance(uid: str) -> Any:
 
 
 @pytest.fixture
-def built() -> Iterator[list[str]]:
+def built(cfg: Config) -> Iterator[list[str]]:
     """UUIDs built through nova's client; their domains are removed afterwards."""
     made: list[str] = []
     yield made
-    remove_domains(QEMU_URI, made)
+    if cfg.libvirt.virt_type == "qemu":  # the test driver's state ends with the worker
+        remove_domains(QEMU_URI, made)
 
 
 def _context() -> Any:
@@ -101,8 +110,8 @@ def _ends(tap: EventTap, uid: str, action: str, count: int) -> dict[str, Any]:
     return data
 
 
-def test_nova_compute_api_drives_every_verb_on_qemu(
-        nova: Any, worker: Service, tap: EventTap, built: list[str]) -> None:
+def test_nova_compute_api_drives_every_verb(
+        nova: Any, cfg: Config, worker: Service, tap: EventTap, built: list[str]) -> None:
     """build, pause, unpause, suspend, resume, reboot SOFT and HARD, stop, start, terminate."""
     from nova import objects
 
@@ -118,7 +127,7 @@ def test_nova_compute_api_drives_every_verb_on_qemu(
     assert ("running", "active", "nova-vm", "tiny") == (
         created["power_state"], created["state"], created["display_name"],
         created["flavor"]["nova_object.data"]["name"])
-    assert libvirt.VIR_DOMAIN_RUNNING == state_of(QEMU_URI, uid)
+    assert libvirt.VIR_DOMAIN_RUNNING == state_of(_uri(cfg), uid)
 
     steps: list[tuple[str, Callable[[], None], str, str, int | None]] = [
         ("pause", lambda: api.pause_instance(ctxt, instance), "paused", "paused",
@@ -147,7 +156,7 @@ def test_nova_compute_api_drives_every_verb_on_qemu(
         data = _ends(tap, uid, action, counts[action])
         assert (power or None, state) == (data["power_state"], data["state"]), action
         assert ("project-1", "user-1") == (data["tenant_id"], data["action_initiator_user"])
-        assert libvirt_state == state_of(QEMU_URI, uid), action
+        assert libvirt_state == state_of(_uri(cfg), uid), action
     starts = {e["event_type"] for e in tap.of(uid)}
     assert {f"instance.{a}.start" for a in counts} | {"instance.create.start"} <= starts
     for event in tap.events:

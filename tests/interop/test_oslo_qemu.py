@@ -97,7 +97,7 @@ def test_captured_monitored_call_gets_oslo_shaped_heartbeats(
     sample = wire_samples()["call_monitor_heartbeats"]
     inner: dict[str, Any] = json.loads(sample["request"]["body"]["oslo.message"])
     inner.update(method="stop_instance", args={"instance": {"uuid": uid}, "timeout": 3},
-                 _reply_q=replies.name)
+                 _reply_q=replies.name, version="6.0")  # oslo's sample: 1.0; ours: nova's 6.x
     body = {"oslo.version": "2.0", "oslo.message": json.dumps(inner)}
     began = time.monotonic()
     publish_raw(cfg, body, control_exchange(cfg), f"{cfg.topic}.{cfg.host}")

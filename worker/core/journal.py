@@ -141,6 +141,9 @@ class Journal:
             # an fsync at every checkpoint: 74 instead of 25 us a record here, for
             # power loss only half covered. FULL (journal_fsync) covers it.
             db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'OFF'}")
+            # After each checkpoint the WAL is cut back to this size, so a journal
+            # that once grew (a burst, a full disk) does not keep the space.
+            db.execute("PRAGMA journal_size_limit=4194304")
             db.executescript(_SCHEMA)
             self._import_jsonl(db)
             self._count = db.execute("SELECT count(*) FROM journal").fetchone()[0]
