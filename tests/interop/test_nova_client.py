@@ -67,15 +67,6 @@ def _uri(cfg: Config) -> str:
     return QEMU_URI if cfg.libvirt.virt_type == "qemu" else TEST_URI
 
 
-@pytest.fixture
-def worker(cfg: Config, tap: EventTap) -> Iterator[Service]:
-    """The worker under nova's client."""
-    service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
-    service.start()
-    yield service
-    service.stop(grace=10)
-
-
 def _instance(uid: str) -> Any:
     """An Instance as nova's conductor has it for a new server (64 MiB, 1 vCPU, no image)."""
     from nova import objects
