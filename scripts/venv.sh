@@ -17,6 +17,12 @@ if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
 stamp=.venv/.installed-$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)
+# The editable install must be this checkout's: a moved or copied checkout (or a
+# .venv shared with another one) would otherwise import another tree, or none.
+here=$(pwd -P)
+if ! (cd / && "$here/.venv/bin/python" -c 'import sys, worker; sys.exit(not worker.__file__.startswith(sys.argv[1] + "/"))' "$here") 2>/dev/null; then
+    rm -f .venv/.installed-*
+fi
 if [[ ! -f $stamp ]]; then
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q -e ".[test,dev]"
