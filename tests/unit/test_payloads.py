@@ -111,3 +111,13 @@ def test_the_notification_around_a_payload_passes_its_schema() -> None:
         topic="versioned_notifications", source_id="e67dd8c720d24fff9952a8d3989ee27a")
 
     schemas.validator("events", "notification")(event.message)
+
+
+def test_a_fault_names_the_rpc_method_that_failed() -> None:
+    """power_off's fault names stop_instance, the function nova's client called."""
+    payload = payloads.instance_action(instance={"uuid": UUID}, live=LIVE, host="h",
+                                       caller=CALLER, action="power_off",
+                                       error=InstanceNotFound(UUID), function_name="stop_instance")
+
+    assert "stop_instance" == payload["nova_object.data"]["fault"]["nova_object.data"][
+        "function_name"]

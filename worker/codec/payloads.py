@@ -145,11 +145,13 @@ def _instance(instance: dict[str, Any], live: dict[str, Any], host: str,
 
 def instance_action(*, instance: dict[str, Any], live: dict[str, Any], host: str,
                     caller: Caller, action: str, task_state: str | None = None,
-                    error: BaseException | None = None, domain_name: str | None = None
-                    ) -> dict[str, Any]:
+                    error: BaseException | None = None, domain_name: str | None = None,
+                    function_name: str | None = None) -> dict[str, Any]:
     """InstanceActionPayload (InstanceCreatePayload for create): instance.<action>.<phase>."""
     data = _instance(instance, live, host, caller, task_state)
-    data["fault"] = exception(error, f"{action}_instance") if error is not None else None
+    # function_name: the RPC method that failed (stop_instance for action power_off).
+    data["fault"] = (exception(error, function_name or action) if error is not None
+                     else None)
     if action == "create":
         data.update(keypairs=[], tags=[], trusted_image_certificates=None,
                     instance_name=domain_name or live.get("name"))

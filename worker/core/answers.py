@@ -74,7 +74,7 @@ class Answers:
             instance=instance or {"uuid": req.instance_uuid}, live=live, host=self.cfg.host,
             caller=caller(req), action=action,
             task_state=instance.get("task_state") if phase == "start" else None,
-            error=error, domain_name=live.get("name"))
+            error=error, domain_name=live.get("name"), function_name=req.method)
         return self.event(f"instance.{action}.{phase}", payload, error=error is not None,
                           source_id=req.unique_id)
 
