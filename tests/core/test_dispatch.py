@@ -31,6 +31,17 @@ def _slow_pause_table(gate: threading.Event, started: threading.Event,
     return MethodTable(TABLE.version, methods)
 
 
+def _held_pause(make_core: Callable[..., Core], gate: threading.Event
+                ) -> tuple[Core, list[str]]:
+    """A core whose pause_instance waits for gate, with one pause delivered (number 1) and
+    running; the uuids its slow pause ran for."""
+    started, runs = threading.Event(), []
+    core = make_core(table=_slow_pause_table(gate, started, runs))
+    core.deliver(cast("pause_instance", core.uuids[0]), 1)
+    assert started.wait(5)
+    return core, runs
+
+
 def _state(core: Core, uid: str) -> int:
     with core.hypervisor.calls() as conn:
         return int(conn.lookupByUUIDString(uid).state()[0])
@@ -92,11 +103,8 @@ def test_a_redelivery_joins_the_running_verb_and_both_are_acked(
 def test_draining_requeues_what_has_not_started_and_finishes_what_has(
         make_core: Callable[..., Core], gate: threading.Event) -> None:
     """At a stop, the running verb completes and the one queued behind it goes back, unrun."""
-    started, runs = threading.Event(), []
-    core = make_core(table=_slow_pause_table(gate, started, runs))
+    core, _ = _held_pause(make_core, gate)
     uid = core.uuids[0]
-    core.deliver(cast("pause_instance", uid), 1)
-    assert started.wait(5)
     core.deliver(cast("unpause_instance", uid), 2)
 
     core.dispatcher.draining = True
@@ -110,11 +118,8 @@ def test_draining_requeues_what_has_not_started_and_finishes_what_has(
 def test_a_query_answers_while_a_slow_verb_holds_its_instance(
         make_core: Callable[..., Core], gate: threading.Event) -> None:
     """get_instance_info is not ordered: it answers before the pause it overtakes finishes."""
-    started, runs = threading.Event(), []
-    core = make_core(table=_slow_pause_table(gate, started, runs))
+    core, _ = _held_pause(make_core, gate)
     uid = core.uuids[0]
-    core.deliver(cast("pause_instance", uid), 1)
-    assert started.wait(5)
 
     query = call("get_instance_info", uid)
     core.deliver(query, 2)
@@ -129,11 +134,8 @@ def test_a_query_answers_while_a_slow_verb_holds_its_instance(
 def test_verbs_of_one_instance_run_in_arrival_order_others_beside_them(
         make_core: Callable[..., Core], gate: threading.Event) -> None:
     """A second verb on the held instance waits; a verb on another instance does not."""
-    started, runs = threading.Event(), []
-    core = make_core(table=_slow_pause_table(gate, started, runs))
+    core, _ = _held_pause(make_core, gate)
     held, free = core.uuids
-    core.deliver(cast("pause_instance", held), 1)
-    assert started.wait(5)
     core.deliver(cast("unpause_instance", held), 2)
     core.deliver(cast("stop_instance", free, clean_shutdown=False), 3)
 
