@@ -57,6 +57,17 @@ class LibvirtOptions:
     libvirt_retry_seconds: float = _opt(
         10.0, "longest wait between retries of a verb waiting for libvirt", minimum=0.1
     )
+    snapshot_image_format: str = _opt(
+        "", "format of snapshot images (default: the format of the instance's root disk)",
+        choices=("", "raw", "qcow2", "vmdk", "vdi"),
+    )
+    device_detach_attempts: int = _opt(
+        8, "times a volume detach is asked of a running guest before it fails", minimum=1
+    )
+    device_detach_timeout: float = _opt(
+        20.0, "seconds each detach attempt waits for libvirt's device-removed event",
+        minimum=0.1,
+    )
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,21 @@ class NotificationOptions:
 
 
 @dataclass(frozen=True)
+class ImageCacheOptions:
+    """``[image_cache]``: nova's base-image cache under ``instances_path/_base``."""
+
+    manager_interval: int = _opt(
+        2400, "seconds between image cache sweeps (0: every 60 s, -1: never), as nova's",
+        minimum=-1,
+    )
+    remove_unused_base_images: bool = _opt(True, "the sweep removes base images no instance uses")
+    remove_unused_original_minimum_age_seconds: int = _opt(
+        86400, "an unused base image is removed only when unused and older than this",
+        minimum=0,
+    )
+
+
+@dataclass(frozen=True)
 class WorkerOptions:
     """``[compute_worker]``: what nova has no option for (journal, signatures, limits)."""
 
@@ -110,6 +136,20 @@ class WorkerOptions:
         minimum=1,
     )
     max_message_bytes: int = _opt(1048576, "larger bodies are rejected", minimum=256)
+    volumes_path: str = _opt(
+        "/var/lib/compute-worker/volumes",
+        "directory that file volumes (driver_volume_type file) must resolve into",
+    )
+    volume_device_prefixes: str = _opt(
+        "/dev/disk/,/dev/mapper/,/dev/dm-,/dev/loop,/dev/nbd",
+        "comma-separated prefixes a local volume's device path, and what it resolves to, "
+        "must start with",
+    )
+
+    @property
+    def device_prefixes(self) -> tuple[str, ...]:
+        """volume_device_prefixes as a tuple, blanks dropped."""
+        return tuple(p.strip() for p in self.volume_device_prefixes.split(",") if p.strip())
 
 
 @dataclass(frozen=True)
@@ -142,12 +182,19 @@ class Config:
     build_timeout: float = _opt(
         120.0, "seconds a build waits for its new domain to be running", minimum=1
     )
+    use_cow_images: bool = _opt(
+        True, "root disks are qcow2 overlays on the cached base image (else full copies)"
+    )
+    default_ephemeral_format: str = _opt(
+        "ext4", "file system of ephemeral disks", choices=("ext4", "ext3", "ext2", "vfat")
+    )
     log_level: str = _opt(
         "info", "log level", choices=("debug", "info", "warning", "error")
     )
     libvirt: LibvirtOptions = field(default_factory=LibvirtOptions)
     rabbit: RabbitOptions = field(default_factory=RabbitOptions)
     notifications: NotificationOptions = field(default_factory=NotificationOptions)
+    image_cache: ImageCacheOptions = field(default_factory=ImageCacheOptions)
     worker: WorkerOptions = field(default_factory=WorkerOptions)
 
     @property
@@ -166,6 +213,7 @@ GROUPS: dict[str, tuple[str, type[Any]]] = {
     "libvirt": ("libvirt", LibvirtOptions),
     "rabbit": ("oslo_messaging_rabbit", RabbitOptions),
     "notifications": ("oslo_messaging_notifications", NotificationOptions),
+    "image_cache": ("image_cache", ImageCacheOptions),
     "worker": ("compute_worker", WorkerOptions),
 }
 

@@ -124,6 +124,7 @@ def test_builder_refuses_a_non_canonical_uuid(uuid: str) -> None:
 @given(xml_text)
 def test_any_disk_path_round_trips_as_one_attribute(path: str) -> None:
     """A disk path with quotes or markup stays one attribute value of one <source>."""
+    path = "/" + path  # the builder refuses relative paths outright
     xml = to_string(domain(DomainSpec(name="x", uuid=UUID, disks=(path,))))
 
     root = etree.fromstring(xml)

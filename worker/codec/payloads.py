@@ -26,7 +26,11 @@ VERSIONS = {
     "InstanceUpdatePayload": "2.1", "InstanceStateUpdatePayload": "1.0",
     "AuditPeriodPayload": "1.0", "FlavorPayload": "1.4", "ExceptionPayload": "1.1",
     "ServiceStatusPayload": "1.1", "RpcRejectPayload": "1.0",
+    "InstanceActionVolumePayload": "1.7", "InstanceActionSnapshotPayload": "1.10",
 }
+#: Where compute-worker adds to a nova payload: beside nova_object.data, where nova's
+#: deserializer never looks, so nova's class still accepts the payload as it is.
+EXTRA_KEY = "compute_worker.details"
 #: nova 34's compute service version (nova/objects/service.py), the API this worker serves.
 SERVICE_VERSION = 74
 _SERVICE_UUIDS = uuidlib.UUID("9b7e4bd2-34c5-4d1e-8d0a-6f0b1d2c3e4f")
@@ -143,11 +147,35 @@ def _instance(instance: dict[str, Any], live: dict[str, Any], host: str,
     }
 
 
+def _text_arg(args: dict[str, Any], *path: str) -> str | None:
+    value: Any = args
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _action_class(action: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """nova's payload class for instance.<action>.*, and the fields it adds to an instance."""
+    if action == "volume_attach":
+        return "InstanceActionVolumePayload", {"volume_id": _text_arg(args, "bdm", "volume_id")}
+    if action == "volume_detach":
+        return "InstanceActionVolumePayload", {"volume_id": _text_arg(args, "volume_id")}
+    if action == "snapshot":
+        return "InstanceActionSnapshotPayload", {
+            "snapshot_image_id": _text_arg(args, "image_id")}
+    return "InstanceActionPayload", {}
+
+
 def instance_action(*, instance: dict[str, Any], live: dict[str, Any], host: str,
                     caller: Caller, action: str, task_state: str | None = None,
                     error: BaseException | None = None, domain_name: str | None = None,
-                    function_name: str | None = None) -> dict[str, Any]:
-    """InstanceActionPayload (InstanceCreatePayload for create): instance.<action>.<phase>."""
+                    function_name: str | None = None,
+                    args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The payload of instance.<action>.<phase>: nova's class for the action.
+
+    live is the instance as the verb left it; its ``details`` (what a
+    snapshot made, say) go under EXTRA_KEY.
+    """
     data = _instance(instance, live, host, caller, task_state)
     # function_name: the RPC method that failed (stop_instance for action power_off).
     data["fault"] = (exception(error, function_name or action) if error is not None
@@ -155,8 +183,15 @@ def instance_action(*, instance: dict[str, Any], live: dict[str, Any], host: str
     if action == "create":
         data.update(keypairs=[], tags=[], trusted_image_certificates=None,
                     instance_name=domain_name or live.get("name"))
-        return versioned("InstanceCreatePayload", data)
-    return versioned("InstanceActionPayload", data)
+        payload = versioned("InstanceCreatePayload", data)
+    else:
+        name, fields = _action_class(action, args or {})
+        data.update(fields)
+        payload = versioned(name, data)
+    details = live.get("details")
+    if isinstance(details, dict) and details:
+        payload[EXTRA_KEY] = details
+    return payload
 
 
 def instance_update(*, instance: dict[str, Any], live: dict[str, Any], host: str,

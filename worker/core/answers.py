@@ -68,13 +68,18 @@ class Answers:
                         envelope.wrap(event.message))
 
     def instance_action(self, req: Request, instance: dict[str, Any], action: str, phase: str,
-                        live: dict[str, Any], error: BaseException | None = None) -> Outgoing:
-        """instance.<action>.<phase> for the request, with the instance's state now."""
+                        live: dict[str, Any], error: BaseException | None = None,
+                        args: dict[str, Any] | None = None) -> Outgoing:
+        """instance.<action>.<phase> for the request, with the instance's state now.
+
+        args (the verb's, plain): where nova's payload class takes a field from them
+        (a volume id, a snapshot's image id).
+        """
         payload = payloads.instance_action(
             instance=instance or {"uuid": req.instance_uuid}, live=live, host=self.cfg.host,
             caller=caller(req), action=action,
             task_state=instance.get("task_state") if phase == "start" else None,
-            error=error, domain_name=live.get("name"), function_name=req.method)
+            error=error, domain_name=live.get("name"), function_name=req.method, args=args)
         return self.event(f"instance.{action}.{phase}", payload, error=error is not None,
                           source_id=req.unique_id)
 

@@ -236,7 +236,8 @@ class Dispatcher:
         held = None
         if method.action:
             held = self.outbox.hold(self.answers.instance_action(
-                req, instance, method.action, "start", self._peek(req, ctx)), START_HOLD)
+                req, instance, method.action, "start", self._peek(req, ctx), args=args),
+                START_HOLD)
         result: Any = None
         ran: Ran | None
         try:
@@ -254,7 +255,7 @@ class Dispatcher:
                 # A fresh Context each try: the domains ctx looked up belong to
                 # the connection that broke, and would fail the same way again.
                 result = policy(lambda: method.handler(self._context(req), args))
-            ran = Ran(self._answers(req, method, instance, result=result), changed=True,
+            ran = Ran(self._answers(req, method, instance, args, result=result), changed=True,
                       failed=False)
         except HypervisorUnavailable as exc:
             log.error("libvirt_unavailable_at_stop_message_requeued", error=exc.message)
@@ -264,7 +265,7 @@ class Dispatcher:
                 log.warning("verb_failed", error=type(exc).__name__, reason=exc.message)
             else:
                 log.exception("verb_crashed")
-            ran = Ran(self._answers(req, method, instance, error=exc),
+            ran = Ran(self._answers(req, method, instance, args, error=exc),
                       changed=not (isinstance(exc, WorkerError) and exc.changes_nothing),
                       failed=True)
         if held is not None:
@@ -289,7 +290,8 @@ class Dispatcher:
             return {}
 
     def _answers(self, req: Request, method: Method, instance: dict[str, Any],
-                 result: Any = None, error: BaseException | None = None) -> list[Outgoing]:
+                 args: dict[str, Any], result: Any = None,
+                 error: BaseException | None = None) -> list[Outgoing]:
         out: list[Outgoing] = []
         if method.action:
             # An error event still says what state the instance is in now.
@@ -297,7 +299,8 @@ class Dispatcher:
             if error is not None and method.vm_state_on_error is not None:
                 state = {**state, "vm_state": method.vm_state_on_error}
             out.append(self.answers.instance_action(
-                req, instance, method.action, "error" if error else "end", state, error))
+                req, instance, method.action, "error" if error else "end", state, error,
+                args))
             if error is None and state.get("vm_state") == "deleted" and req.instance_uuid:
                 self.answers.remember(req.instance_uuid.lower(), None)
         if req.is_call:

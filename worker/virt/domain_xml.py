@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from lxml import etree
 
 from worker.errors import UnsafePath
+from worker.virt import disk_xml
+from worker.virt.disk_xml import DiskSpec
 
 # libvirt and QEMU use a domain's name as a file name in their own state
 # directories: ".." there once made libvirtd delete entries of its state
@@ -36,8 +38,15 @@ class DomainSpec:
     vcpus: int = 1
     domain_type: str = "kvm"
     arch: str = "x86_64"
-    #: Raw or qcow2 disk image paths (already checked to be inside instances_path).
-    disks: tuple[str, ...] = ()
+    #: Disks in target order. A bare path is a qcow2 file on virtio named vda, vdb, ...
+    #: by its place (already checked to be inside instances_path).
+    disks: tuple[str | DiskSpec, ...] = ()
+
+    def disk_specs(self) -> tuple[DiskSpec, ...]:
+        """disks with bare paths made into DiskSpecs."""
+        return tuple(d if isinstance(d, DiskSpec)
+                     else DiskSpec("file", d, f"vd{chr(ord('a') + index)}")
+                     for index, d in enumerate(self.disks))
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None,
@@ -63,25 +72,26 @@ def domain(spec: DomainSpec) -> etree._Element:
     _sub(root, "vcpu", str(spec.vcpus))
     os_el = _sub(root, "os")
     _sub(os_el, "type", "hvm", arch=spec.arch)
-    _sub(os_el, "boot", dev="hd")
+    disks = spec.disk_specs()
+    if not any(d.boot_order is not None for d in disks):
+        # libvirt refuses <os><boot> beside per-device boot orders.
+        _sub(os_el, "boot", dev="hd")
     features = _sub(root, "features")
     _sub(features, "acpi")  # without ACPI a guest cannot be asked to shut down
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")
     _sub(root, "on_crash", "destroy")
     devices = _sub(root, "devices")
-    for index, path in enumerate(spec.disks):
-        devices.append(disk(path, f"vd{chr(ord('a') + index)}"))
+    for spec_disk in disks:
+        devices.append(disk_xml.disk(spec_disk))
+    if any(d.bus == "scsi" for d in disks):
+        devices.append(disk_xml.scsi_controller())
     return root
 
 
 def disk(path: str, target_dev: str, *, fmt: str = "qcow2", bus: str = "virtio") -> etree._Element:
     """A file-backed <disk> element."""
-    element = etree.Element("disk", type="file", device="disk")
-    _sub(element, "driver", name="qemu", type=fmt)
-    _sub(element, "source", file=path)
-    _sub(element, "target", dev=target_dev, bus=bus)
-    return element
+    return disk_xml.disk(DiskSpec("file", path, target_dev, bus=bus, fmt=fmt))
 
 
 def to_string(element: etree._Element) -> str:

@@ -46,6 +46,28 @@ def start_event_loop() -> None:
         _loop_started = True
 
 
+class DeviceRemoval:
+    """One device's removal as libvirt reports it: removed, refused by the guest, or neither."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.outcome: str | None = None
+
+    def _report(self, outcome: str) -> None:
+        self.outcome = outcome
+        self._done.set()
+
+    def wait(self, timeout: float) -> str | None:
+        """"removed", "failed" (the guest refused), or None when nothing came within timeout."""
+        self._done.wait(timeout)
+        return self.outcome
+
+    def reset(self) -> None:
+        """Forget an outcome, to watch the next attempt."""
+        self.outcome = None
+        self._done.clear()
+
+
 class Hypervisor:
     """Owns one libvirt connection; every libvirt call goes through it or its Guests."""
 
@@ -64,6 +86,9 @@ class Hypervisor:
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: list[int] = []
+        # (domain uuid, device alias) -> who waits for that device to go.
+        self._removals: dict[tuple[str, str], DeviceRemoval] = {}
+        self._removals_lock = threading.Lock()
 
     # --- connection ------------------------------------------------------
 
@@ -79,9 +104,16 @@ class Hypervisor:
             # Keepalive catches a daemon that is black-holed rather than dead.
             conn.setKeepAlive(5, 3)
         conn.registerCloseCallback(self._closed, None)
+        self._callback_ids = []
         if self._on_lifecycle is not None:
-            self._callback_ids = [conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)]
+            self._callback_ids.append(conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None))
+        # Detaching a disk returns before the guest lets go of it; these say when it has.
+        for event_id, outcome in ((libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, "removed"),
+                                  (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, "failed")):
+            with contextlib.suppress(libvirt.libvirtError):
+                self._callback_ids.append(conn.domainEventRegisterAny(
+                    None, event_id, self._device_event, outcome))
         log.info("libvirt_connected", uri=self.uri, read_only=self.read_only)
         return conn
 
@@ -98,6 +130,32 @@ class Hypervisor:
                    event: int, detail: int, _opaque: Any) -> None:
         if self._on_lifecycle is not None:
             self._on_lifecycle(lifecycle.from_libvirt(dom.UUIDString(), event))
+
+    def _device_event(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, alias: str,
+                      outcome: str) -> None:
+        # libvirt's event thread: look up and signal, nothing more.
+        with self._removals_lock:
+            waiter = self._removals.get((dom.UUIDString(), alias))
+        if waiter is not None:
+            waiter._report(outcome)
+
+    @contextlib.contextmanager
+    def watch_removal(self, uuid: str, alias: str) -> Iterator[DeviceRemoval]:
+        """Watch for the removal of the device alias of domain uuid.
+
+        Enter before asking for the detach: the event may come before the
+        detach call returns.
+        """
+        waiter = DeviceRemoval()
+        key = (uuid.lower(), alias)
+        with self._removals_lock:
+            self._removals[key] = waiter
+        try:
+            yield waiter
+        finally:
+            with self._removals_lock:
+                if self._removals.get(key) is waiter:
+                    del self._removals[key]
 
     def connection(self) -> libvirt.virConnect:
         """The live connection, opened (or reopened) on first use."""
