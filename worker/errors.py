@@ -107,6 +107,63 @@ class ImageError(WorkerError):
     """A base image is missing or unreadable, or a disk could not be made from it."""
 
 
+# --- storage, under nova's names where nova has one (its client branches on them) ----
+
+
+class ImageNotFound(ImageError):
+    """No image with that id in images_path."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+
+class ImageUnacceptable(ImageError):
+    """The image exists but cannot be used (format, backing file, symlink out)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+
+class FlavorDiskSmallerThanImage(ImageError):
+    """root_gb is smaller than the image's virtual size."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+
+class InvalidVolume(WorkerError):
+    """connection_info names a volume this worker cannot or may not open."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+
+class InvalidDevicePath(WorkerError):
+    """A device name that is not a disk target (/dev/vdb, /dev/sdc, ...)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+
+class DevicePathInUse(WorkerError):
+    """The device name asked for is taken on the instance."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+
+class DeviceDetachFailed(WorkerError):
+    """The guest did not let go of a device after every attempt."""
+
+    wire_module = NOVA
+
+
+class InsufficientStorage(WorkerError):
+    """Not enough free space where the worker would write (checked before writing)."""
+
+    changes_nothing = True
+
+
 class UnsafePath(WorkerError):
     """A path built from a message would leave the worker's directories."""
 
