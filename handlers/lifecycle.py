@@ -1,20 +1,14 @@
-"""Build, reboot, power off and on, and terminate."""
+"""Reboot, power off and on, and terminate (the build has handlers/build.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
 
 from handlers.common import Args, Result, find_guest, instance_uuid
 from worker import logs
 from worker.core.context import Context
 from worker.errors import (
-    HypervisorUnavailable,
     InstanceInvalidState,
     InstanceNotFound,
-    NotSupported,
 )
-from worker.virt import domain_xml, images
 from worker.virt import power_state as ps
 from worker.virt.guest import Guest
 
@@ -101,114 +95,3 @@ def terminate_instance(ctx: Context, args: Args) -> Result:
     removed = ctx.paths.remove_instance_dir(uuid)
     log.info("instance_files_removed" if removed else "instance_files_absent", uuid=uuid)
     return {"uuid": uuid, "name": name, "power_state": None, "vm_state": "deleted"}
-
-
-# virt_type -> <domain type=...> of a new domain. lxc and xen need other
-# device models than the x86 HVM one domain_xml builds.
-BUILD_DOMAIN_TYPES = {"kvm": "kvm", "qemu": "qemu", "test": "test"}
-
-
-def build_and_run_instance(ctx: Context, args: Args) -> Result:
-    """Make the root disk, define the domain from lxml-built XML, start it, wait for running.
-
-    A domain that already exists with this UUID was built by an earlier
-    delivery of this message (the worker died before acking): it is finished,
-    not built twice. A build that fails part way is rolled back (domain and
-    directory), so nothing half-built stays on the host.
-    """
-    uuid = instance_uuid(args)
-    try:
-        existing: Guest | None = find_guest(ctx, args)
-    except InstanceNotFound:
-        existing = None
-    if existing is not None:
-        if not existing.is_active() and not existing.has_managed_save():
-            existing.start()
-        log.info("build_found_existing_domain", uuid=uuid)
-        return existing.describe()
-    domain_type = BUILD_DOMAIN_TYPES.get(ctx.config.libvirt.virt_type)
-    if domain_type is None:
-        raise NotSupported(f"building instances on virt_type {ctx.config.libvirt.virt_type} "
-                           f"is not supported (only {', '.join(BUILD_DOMAIN_TYPES)})")
-    instance = args["instance"]
-    _refuse_what_a_plain_build_cannot_do(args)
-    directory = ctx.paths.instance_dir(uuid)
-    guest: Guest | None = None
-    try:
-        directory.mkdir(mode=0o700, exist_ok=True)
-        spec = domain_xml.DomainSpec(
-            name=instance.get("name") or f"instance-{uuid}", uuid=uuid,
-            memory_mib=_size(instance, "memory_mb", 512), vcpus=_size(instance, "vcpus", 1),
-            domain_type=domain_type, disks=_root_disk(ctx, args, directory))
-        xml = domain_xml.to_string(domain_xml.domain(spec))
-        # Kept beside the disk, as the original driver did: what was asked for.
-        (directory / "libvirt.xml").write_text(xml, encoding="utf-8")
-        guest = ctx.hypervisor.define(xml)
-        guest.start()
-        guest.wait_for({ps.RUNNING}, ctx.config.build_timeout)
-    except HypervisorUnavailable:
-        # libvirt went away: the dispatcher retries this verb, and the retry
-        # finds whatever was defined and finishes it (the branch above).
-        raise
-    except Exception:
-        _roll_back(ctx, uuid, guest)
-        raise
-    return guest.describe()
-
-
-def _size(instance: Args, name: str, default: int) -> int:
-    """A size from nova's Flavor, else the instance's own field, else the default."""
-    given = instance.get("flavor")
-    flavor: Args = given if isinstance(given, dict) else {}
-    for source in (flavor, instance):
-        value = source.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return default
-
-
-def _is_image_root(mapping: Any) -> bool:
-    """nova's image root mapping: what every build from an image carries."""
-    return (isinstance(mapping, dict) and mapping.get("source_type") == "image"
-            and mapping.get("destination_type") == "local"
-            and mapping.get("boot_index") in (0, None))
-
-
-def _refuse_what_a_plain_build_cannot_do(args: Args) -> None:
-    """Networks and volumes come with later verbs; a build that needs them is refused, not
-    done without them."""
-    networks = [n for n in args.get("requested_networks") or []
-                if not (isinstance(n, dict) and n.get("network_id") == "none")]
-    if networks:
-        raise NotSupported("requested_networks: this worker does not plug networks yet")
-    extra = [m for m in args.get("block_device_mapping") or [] if not _is_image_root(m)]
-    if extra:
-        raise NotSupported("block_device_mapping: only the image root mapping is supported "
-                           "(no volumes, ephemeral or swap yet)")
-
-
-def _root_disk(ctx: Context, args: Args, directory: Path) -> tuple[str, ...]:
-    image = args.get("image") or {}
-    root_gb = _size(args["instance"], "root_gb", 0)
-    if not image.get("id") and root_gb == 0:
-        return ()  # diskless: nothing to boot from but still a domain (tests, PXE)
-    base = images.base_image(ctx.config.images_path, image["id"]) if image.get("id") else None
-    return (str(images.create_root_disk(directory / "disk", root_gb, base)),)
-
-
-def _roll_back(ctx: Context, uuid: str, guest: Guest | None) -> None:
-    """Undo a failed build; log (not raise) what cannot be undone, so the first error is kept.
-
-    The instance's directory goes whoever made it: no domain had this UUID
-    when the build began, so whatever the directory holds was left by an
-    earlier attempt of the same build (killed after making its disk).
-    """
-    try:
-        if guest is not None:
-            if guest.is_active():
-                guest.power_off()
-            guest.undefine()
-        ctx.paths.remove_instance_dir(uuid)
-        log.warning("build_rolled_back", uuid=uuid)
-    except Exception as exc:
-        log.error("build_roll_back_incomplete", uuid=uuid, error=str(exc)[:200])

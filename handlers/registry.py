@@ -5,7 +5,7 @@ The service hands TABLE to its dispatcher, as oslo hands endpoints to its own.
 
 from __future__ import annotations
 
-from handlers import lifecycle, power, queries
+from handlers import build, lifecycle, power, queries
 from worker.core.methods import Method, MethodTable
 
 #: The RPC API version this table serves (oslo rules: same major, minor not higher).
@@ -13,7 +13,7 @@ API_VERSION = "6.5"
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("build_and_run_instance", lifecycle.build_and_run_instance, "create",
+    Method("build_and_run_instance", build.build_and_run_instance, "create",
            vm_state_on_error="error"),
     Method("pause_instance", power.pause_instance, "pause"),
     Method("unpause_instance", power.unpause_instance, "unpause"),

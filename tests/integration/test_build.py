@@ -18,9 +18,10 @@ from tests.helpers import check_event
 from tests.taps import EventTap
 from worker.amqp.client import RemoteError, RpcClient
 from worker.config import Config
-from worker.errors import ImageError
+from worker.errors import FlavorDiskSmallerThanImage, ImageError
 from worker.service import Service
-from worker.virt import images
+from worker.virt import image_cache, images
+from worker.virt.image_cache import ImageCache
 
 pytestmark = pytest.mark.integration
 
@@ -92,9 +93,12 @@ def test_build_makes_a_qcow2_root_disk_over_a_base_image(
     assert ("qcow2", 1 << 30, None) == (blank_info["format"], blank_info["virtual-size"],
                                         blank_info.get("backing-filename"))
     layered_info = _qemu_img_info(worker.paths.root / layered / "disk")
-    assert ("qcow2", 2 << 30, str(images.resolve() / "cirros-0.6")) == (
+    # The overlay sits on the cache entry (nova's name: the SHA-1 of the image id), raw.
+    base = worker.paths.root / "_base" / image_cache.cache_name("cirros-0.6")
+    assert ("qcow2", 2 << 30, str(base)) == (
         layered_info["format"], layered_info["virtual-size"],
         layered_info.get("backing-filename"))
+    assert "raw" == layered_info["backing-filename-format"]
     conn = libvirt.open(TEST_URI)
     try:
         xml = etree.fromstring(conn.lookupByUUIDString(layered).XMLDesc(0))
@@ -110,7 +114,7 @@ def test_a_failed_build_is_rolled_back_and_reported(
     error = tap.wait_type(uid, "instance.create.error")[0]
     check_event(error)
     fault = _data(error)["fault"]["nova_object.data"]
-    assert ("ImageError", "error") == (fault["exception"], _data(error)["state"])
+    assert ("ImageNotFound", "error") == (fault["exception"], _data(error)["state"])
     assert "not-there" in fault["exception_message"]
     assert None is domain_state(TEST_URI, uid)
     assert not (worker.paths.root / uid).exists()
@@ -219,20 +223,23 @@ def test_base_images_that_could_reach_other_files_are_refused(tmp_path: Path) ->
     _img("-f", "qcow2", "-b", str(outside), "-F", "raw", str(images_dir / "layered"))
     _img("-f", "vmdk", str(images_dir / "other-format"), "1M")
     _img("-f", "raw", str(images_dir / "good"), "3M")
-    for image_id, reason in [("escape", "does not name a file"), ("layered", "backing file"),
-                             ("other-format", "vmdk"), ("absent", "is not in")]:
+    cache = ImageCache(str(tmp_path / "instances"), str(images_dir))
+    for image_id, reason in [("escape", "leads out"), ("layered", "backing file"),
+                             ("other-format", "vmdk"), ("absent", "could not be found"),
+                             ("..", "not one file name"), ("a/../../secret.raw", "not one")]:
         with pytest.raises(ImageError, match=reason):
-            images.base_image(str(images_dir), image_id)
-    assert (images_dir.resolve() / "good", "raw") == images.base_image(str(images_dir), "good")
+            cache.source(image_id)
+    assert (images_dir.resolve() / "good", "raw") == cache.source("good")
+    assert not (tmp_path / "instances" / "_base").exists()  # nothing cached on the way
 
 
 def test_a_root_disk_needs_a_size_or_a_base_and_is_never_smaller_than_its_base(
         tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="needs a base image or a size"):
-        images.create_root_disk(tmp_path / "disk", 0, None)
+        images.root_disk(tmp_path / "disk", 0, None)
     _img("-f", "raw", str(tmp_path / "big"), "2G")  # sparse: costs no space
-    with pytest.raises(ImageError, match="smaller than the image"):
-        images.create_root_disk(tmp_path / "disk", 1, (tmp_path / "big", "raw"))
+    with pytest.raises(FlavorDiskSmallerThanImage, match="too small"):
+        images.root_disk(tmp_path / "disk", 1, tmp_path / "big", "raw")
     assert not (tmp_path / "disk").exists()
-    images.create_root_disk(tmp_path / "disk", 0, (tmp_path / "big", "raw"))
+    images.root_disk(tmp_path / "disk", 0, tmp_path / "big", "raw")
     assert (2 << 30) == _qemu_img_info(tmp_path / "disk")["virtual-size"]

@@ -1,78 +1,138 @@
-"""Disks for new instances: qcow2 files made by qemu-img, inside the instance's directory.
+"""Disk files for new instances, made by qemu-img, mkfs and mkswap inside the instance's dir.
 
-A root disk is either blank (a size) or a copy-on-write overlay on a base
-image from ``images_path`` (the 2011 driver's ``_base`` cache, without the
-image service: base images are put there by whoever runs the host). Base
-images are only ever read; every file the worker writes is under
-``instances_path/<uuid>/``.
+Every file written here is under ``instances_path/<uuid>/`` (the caller passes
+paths it built with ``InstancePaths``); base images are read, never written.
+Formats are always named to qemu-img (``-f``/``-F``), never probed from a file
+whose content a guest or an image owner controls.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from worker import logs
-from worker.errors import ImageError, UnsafePath
-from worker.virt.paths import inside
+from worker.errors import FlavorDiskSmallerThanImage, ImageError, InsufficientStorage
 
 log = logs.get(__name__)
-# Formats qemu may read a base image as; anything else (vmdk, vdi, ...) is
-# refused rather than probed, so a crafted file cannot choose how it is opened.
-BASE_FORMATS = ("raw", "qcow2")
-_TIMEOUT = 120.0
+GIB = 1 << 30
+MIB = 1 << 20
+_TIMEOUT = 300.0
+#: mkfs per ephemeral file system, with the option that sets the label.
+MKFS = {"ext4": ("mkfs.ext4", "-L"), "ext3": ("mkfs.ext3", "-L"), "ext2": ("mkfs.ext2", "-L"),
+        "vfat": ("mkfs.vfat", "-n")}
+#: What the Debian package of each tool is, for the error that says it is missing.
+_PACKAGES = {"qemu-img": "qemu-utils", "mkfs.ext4": "e2fsprogs", "mkfs.ext3": "e2fsprogs",
+             "mkfs.ext2": "e2fsprogs", "mkfs.vfat": "dosfstools", "mkswap": "util-linux"}
 
 
-def _qemu_img(*args: str) -> str:
-    tool = shutil.which("qemu-img")
-    if tool is None:
-        raise ImageError("qemu-img is not installed (Debian package qemu-utils)")
+def run_tool(tool: str, *args: str, timeout: float = _TIMEOUT) -> str:
+    """Run a storage tool with a timeout; its stdout, or ImageError saying what went wrong."""
+    found = shutil.which(tool) or next(
+        (p for p in (f"/usr/sbin/{tool}", f"/sbin/{tool}") if os.access(p, os.X_OK)), None)
+    if found is None:
+        raise ImageError(f"{tool} is not installed (Debian package {_PACKAGES.get(tool, tool)})")
     try:
-        done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=_TIMEOUT,
+        done = subprocess.run([found, *args], capture_output=True, text=True, timeout=timeout,
                               check=False)
     except subprocess.TimeoutExpired:
-        raise ImageError(f"qemu-img {args[0]} took longer than {_TIMEOUT:.0f}s") from None
+        raise ImageError(f"{tool} {args[0] if args else ''} took longer than {timeout:.0f}s") \
+            from None
     if done.returncode != 0:
-        raise ImageError(f"qemu-img {args[0]} failed: {done.stderr.strip()[:300]}")
+        raise ImageError(f"{tool} {args[0] if args else ''} failed: "
+                         f"{(done.stderr or done.stdout).strip()[:300]}")
     return done.stdout
 
 
-def base_image(images_path: str, image_id: str) -> tuple[Path, str]:
-    """The base image file for an id, and its format; ImageError when absent or unusable."""
+def qemu_img(*args: str) -> str:
+    """qemu-img with args."""
+    return run_tool("qemu-img", *args)
+
+
+def info(path: Path, fmt: str | None = None, *, shared: bool = False) -> dict[str, Any]:
+    """qemu-img info as JSON; fmt names the format instead of probing; shared (-U) reads a
+    disk a running QEMU holds locked."""
+    args = ["info", "--output=json"]
+    if fmt is not None:
+        args += ["-f", fmt]
+    if shared:
+        args.append("-U")
+    found: dict[str, Any] = json.loads(qemu_img(*args, str(path)))
+    return found
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still put in directory's file system."""
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
+
+
+def require_space(directory: Path, needed: int, what: str) -> None:
+    """InsufficientStorage unless directory's file system has needed bytes free."""
+    free = free_bytes(directory)
+    if needed > free:
+        raise InsufficientStorage(f"{what} needs {needed} bytes in {directory}, "
+                                  f"{free} are free")
+
+
+def root_disk(target: Path, size_gb: int, base: Path | None, base_fmt: str = "raw", *,
+              cow: bool = True) -> Path:
+    """target as a qcow2 root disk: an overlay on base (cow) or a full copy of it, or blank.
+
+    Grown to size_gb when that is larger than the image; size_gb 0 keeps the
+    image's size (nova's rule for root_gb 0). FlavorDiskSmallerThanImage when
+    size_gb is smaller than the image.
+    """
+    if base is None:
+        if size_gb <= 0:
+            raise ImageError("a root disk needs a base image or a size")
+        qemu_img("create", "-q", "-f", "qcow2", str(target), f"{size_gb}G")
+        log.info("root_disk_created", path=str(target), size_gb=size_gb, base=None)
+        return target
+    virtual = int(info(base, base_fmt)["virtual-size"])
+    if size_gb > 0 and size_gb * GIB < virtual:
+        raise FlavorDiskSmallerThanImage(
+            f"Flavor's disk is too small for requested image. Flavor disk is {size_gb * GIB} "
+            f"bytes, image is {virtual} bytes.")  # nova's wording
+    size = [f"{size_gb}G"] if size_gb * GIB > virtual else []
+    if cow:
+        qemu_img("create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_fmt, str(target),
+                 *size)
+    else:
+        qemu_img("convert", "-q", "-f", base_fmt, "-O", "qcow2", str(base), str(target))
+        if size:
+            qemu_img("resize", "-q", "-f", "qcow2", str(target), *size)
+    log.info("root_disk_created", path=str(target), size_gb=size_gb, base=str(base), cow=cow)
+    return target
+
+
+def _sparse_file(target: Path, size: int) -> None:
+    # O_EXCL: a file already there was not made by this build, and is not ours to reuse.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        path = inside(Path(images_path).resolve(), image_id)
-    except UnsafePath:
-        raise ImageError(f"image id {image_id!r:.80} does not name a file in images_path") \
-            from None
-    if not path.is_file():
-        raise ImageError(f"image {image_id} is not in {images_path}")
-    info = json.loads(_qemu_img("info", "--output=json", str(path)))
-    fmt = str(info.get("format"))
-    if fmt not in BASE_FORMATS:
-        raise ImageError(f"image {image_id} is {fmt}; base images must be raw or qcow2")
-    if info.get("backing-filename"):
-        # Its chain would reach files we never checked.
-        raise ImageError(f"image {image_id} has a backing file of its own")
-    return path, fmt
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
 
 
-def create_root_disk(target: Path, size_gb: int, base: tuple[Path, str] | None) -> Path:
-    """Make target as a qcow2 disk: an overlay on base, grown to size_gb when that is larger."""
-    args = ["create", "-q", "-f", "qcow2"]
-    if base is not None:
-        args += ["-b", str(base[0]), "-F", base[1]]
-    args.append(str(target))
-    if size_gb > 0:
-        args.append(f"{size_gb}G")
-    elif base is None:
-        raise ImageError("a root disk needs a base image or a size")
-    if base is not None and size_gb > 0:
-        virtual = json.loads(_qemu_img("info", "--output=json", str(base[0])))["virtual-size"]
-        if size_gb * (1 << 30) < int(virtual):
-            raise ImageError(f"root_gb {size_gb} is smaller than the image ({virtual} bytes)")
-    _qemu_img(*args)
-    log.info("root_disk_created", path=str(target), size_gb=size_gb,
-             base=str(base[0]) if base else None)
+def ephemeral_disk(target: Path, size_gb: int, fs_format: str) -> Path:
+    """target as a raw disk of size_gb holding an empty fs_format file system labelled
+    ephemeral0, as nova's ephemeral disks are."""
+    tool, label_flag = MKFS[fs_format]
+    _sparse_file(target, size_gb * GIB)
+    force = ["-F", "-q"] if fs_format.startswith("ext") else []
+    run_tool(tool, *force, label_flag, "ephemeral0", str(target))
+    log.info("ephemeral_disk_created", path=str(target), size_gb=size_gb, fs=fs_format)
+    return target
+
+
+def swap_disk(target: Path, size_mb: int) -> Path:
+    """target as a raw disk of size_mb MiB with a swap signature (mkswap)."""
+    _sparse_file(target, size_mb * MIB)
+    run_tool("mkswap", "-L", "swap0", str(target))
+    log.info("swap_disk_created", path=str(target), size_mb=size_mb)
     return target
