@@ -13,6 +13,7 @@ from pathlib import Path
 
 from handlers.common import Args, Result, find_guest, instance_uuid
 from worker import logs
+from worker.codec import nova_objects
 from worker.core.context import Context
 from worker.errors import HypervisorUnavailable, InstanceNotFound, NotSupported
 from worker.virt import domain_xml, images
@@ -49,7 +50,8 @@ def sizes(instance: Args) -> Sizes:
 
 
 def _size(instance: Args, name: str, default: int) -> int:
-    given = instance.get("flavor")
+    # A plain instance may still carry nova's Flavor primitive (the schema allows both).
+    given = nova_objects.plain(instance.get("flavor"))
     flavor: Args = given if isinstance(given, dict) else {}
     for source in (flavor, instance):
         value = source.get(name)
@@ -157,7 +159,7 @@ def _image_id(args: Args, mappings: Mappings) -> str | None:
     return None
 
 
-def _check_space(ctx: Context, flavor: Sizes, directory: Path, base_size: int) -> None:
+def _check_space(flavor: Sizes, directory: Path, base_size: int) -> None:
     """Refuse sizes the instances file system could never hold, before making anything.
 
     Disks are sparse, so a build needs little space now; but a disk larger
@@ -181,19 +183,19 @@ def _local_disks(ctx: Context, args: Args, flavor: Sizes, mappings: Mappings,
 
     image_id = _image_id(args, mappings)
     cfg = ctx.config
+    # A flavor too big for this file system is refused before anything is made or cached.
+    _check_space(flavor, directory, 0)
     if image_id is not None:
         cache = ImageCache(cfg.instances_path, cfg.images_path)
         with cache.base(image_id) as base:
-            _check_space(ctx, flavor, directory, base.virtual_size)
+            _check_space(flavor, directory, base.virtual_size)
             images.root_disk(directory / ROOT_DISK, flavor.root_gb, base.path, base.fmt,
                              cow=cfg.use_cow_images)
         add(directory / ROOT_DISK, "qcow2", boot=True)
-    else:
-        _check_space(ctx, flavor, directory, 0)
-        if flavor.root_gb > 0:
-            images.root_disk(directory / ROOT_DISK, flavor.root_gb, None)
-            add(directory / ROOT_DISK, "qcow2", boot=True)
-        # else diskless: nothing to boot from but still a domain (tests, PXE)
+    elif flavor.root_gb > 0:
+        images.root_disk(directory / ROOT_DISK, flavor.root_gb, None)
+        add(directory / ROOT_DISK, "qcow2", boot=True)
+    # else diskless: nothing to boot from but still a domain (tests, PXE)
     if flavor.ephemeral_gb > 0:
         images.ephemeral_disk(directory / EPHEMERAL_DISK, flavor.ephemeral_gb,
                               cfg.default_ephemeral_format)

@@ -4,7 +4,9 @@
 set -euo pipefail
 
 need_pkgs=()
-for p in rabbitmq-server libvirt-daemon-system libvirt-dev pkg-config qemu-system-x86 qemu-utils python3-venv; do
+# e2fsprogs, dosfstools, util-linux: ephemeral and swap disks (mkfs, mkswap, losetup);
+# libvirt-clients: virt-xml-validate; qemu-utils: qemu-img and qemu-nbd.
+for p in rabbitmq-server libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-system-x86 qemu-utils e2fsprogs dosfstools util-linux python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

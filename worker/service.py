@@ -22,6 +22,7 @@ from worker.errors import HypervisorUnavailable
 from worker.messages import Outgoing
 from worker.retry import libvirt_reconnect_policy
 from worker.virt.hypervisor import Hypervisor
+from worker.virt.image_cache import ImageCache
 from worker.virt.lifecycle import LifecycleEvent
 from worker.virt.paths import InstancePaths
 
@@ -65,6 +66,9 @@ class Service:
             threading.Thread(target=self._consume, name="consumer", daemon=True),
             threading.Thread(target=self._guard_libvirt, name="libvirt-guard", daemon=True),
         ]
+        if cfg.image_cache.manager_interval >= 0 and cfg.image_cache.remove_unused_base_images:
+            self._threads.append(threading.Thread(target=self._sweep_image_cache,
+                                                  name="image-cache", daemon=True))
         self._libvirt_down = threading.Event()
         self._lost_reason = ""
         # kind -> reason of every fault now lasting (libvirt lost, broker
@@ -167,6 +171,21 @@ class Service:
             self.watch.sync_now()
             self.fault("libvirt", None)
             log.info("libvirt_reconnected", uri=self.cfg.libvirt_uri)
+
+    def _sweep_image_cache(self) -> None:
+        """nova's image cache manager: remove base images no instance has used for long."""
+        options = self.cfg.image_cache
+        # nova's rule: 0 runs at the default periodic interval (60 s).
+        interval = options.manager_interval or 60
+        cache = ImageCache(self.cfg.instances_path, self.cfg.images_path)
+        while not self._stopping.wait(interval):
+            try:
+                swept = cache.sweep(options.remove_unused_original_minimum_age_seconds)
+            except Exception as exc:  # a bad sweep must not end the thread (or the worker)
+                log.error("image_cache_sweep_failed", error=str(exc)[:300])
+                continue
+            log.info("image_cache_swept", removed=len(swept.removed), in_use=len(swept.in_use),
+                     kept_young=len(swept.too_young))
 
     def _reconnect(self) -> None:
         if self._stopping.is_set():

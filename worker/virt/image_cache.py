@@ -106,7 +106,7 @@ class ImageCache:
     @contextlib.contextmanager
     def locked(self, name: str) -> Iterator[None]:
         """Hold the lock of one cache entry (between threads and processes alike)."""
-        self.base_dir.mkdir(mode=0o700, exist_ok=True)
+        self.base_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.base_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW,
                      0o600)
         try:
