@@ -121,6 +121,9 @@ def test_a_build_makes_root_ephemeral_and_swap_disks_as_nova_does(
     eph, swap = _blkid(home / "disk.eph0"), _blkid(home / "disk.swap")
     assert ("ext4", "ephemeral0") == (eph["TYPE"], eph["LABEL"])
     assert "swap" == swap["TYPE"]
+    # What the worker defined passes libvirt's own schema.
+    subprocess.run(["virt-xml-validate", str(home / "libvirt.xml"), "domain"], check=True,
+                   capture_output=True)
     # The marker the image holds reads through the overlay.
     read = tmp_path / "read"
     subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(home / "disk"),
