@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -15,6 +17,7 @@ from tests.taps import EventTap
 from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
+from worker.virt.image_cache import cache_name
 
 pytestmark = pytest.mark.e2e
 
@@ -62,3 +65,35 @@ def test_build_boots_a_qemu_domain_on_its_own_disk_and_terminate_removes_it(
             check_event(event)
     finally:
         remove_domain(qemu, uid)
+
+
+def test_a_build_with_nova_s_flavor_disks_boots_and_terminate_leaves_only_the_cache(
+        builder: tuple[Service, EventTap], build_cfg: Config, rpc: RpcClient,
+        qemu: libvirt.virConnect) -> None:
+    """Root overlay on the cached image, ext4 ephemeral and swap: QEMU opens all three."""
+    service, tap = builder
+    store = Path(build_cfg.images_path)
+    store.mkdir(parents=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(store / "img-1"), "16M"],
+                   check=True)
+    vm = Vm.new(NAME_PREFIX)
+    flavor = {"memory_mb": 64, "vcpus": 1, "root_gb": 1, "ephemeral_gb": 1, "swap": 32}
+    try:
+        rpc.cast(build_cfg.host, "build_and_run_instance",
+                 {"instance": {"uuid": vm.uuid, "name": vm.name, "flavor": flavor},
+                  "image": {"id": "img-1"}})
+        end = tap.wait_type(vm.uuid, "instance.create.end", timeout=90)[0]
+        check_event(end)
+        assert "running" == end["payload"]["nova_object.data"]["power_state"]
+        live = etree.fromstring(qemu.lookupByUUIDString(vm.uuid).XMLDesc(0))
+        home = service.paths.root / vm.uuid
+        assert [str(home / n) for n in ("disk", "disk.eph0", "disk.swap")] == [
+            s.get("file") for s in live.findall("devices/disk/source")]
+
+        rpc.cast(build_cfg.host, "terminate_instance", {"instance": {"uuid": vm.uuid}})
+        tap.wait_type(vm.uuid, "instance.delete.end", timeout=60)
+        assert ["_base"] == [p.name for p in service.paths.root.iterdir()]
+        assert [cache_name("img-1")] == [p.name for p in (service.paths.root / "_base").iterdir()
+                                         if not p.name.endswith(".lock")]
+    finally:
+        remove_domain(qemu, vm.uuid)
