@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import oslo_messaging
 import pytest
 from kombu import Connection, Exchange, Queue
 
 from tests.domains import QEMU_URI, Vm, connection, define_vms, qemu_domain_type, remove_domains
+from tests.interop.nova import EXCHANGE
 from tests.interop.support import (
     Recorder,
     notification_listener,
@@ -99,3 +102,30 @@ def qemu_domains(domain_type: str) -> Iterator[Callable[[int], list[str]]]:
 
     yield make
     remove_domains(QEMU_URI, [vm.uuid for vm in made])
+
+
+@pytest.fixture(scope="session")
+def nova_conf(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Iterator[Any]:
+    """nova's CONF parsed once (it is global) from a file with our broker and exchange."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nova's imports warn about eventlet and friends
+        from nova import config, objects, rpc
+    conf = tmp_path_factory.mktemp("nova") / "nova.conf"
+    conf.write_text(f"[DEFAULT]\ntransport_url = {broker_url.replace('amqp://', 'rabbit://')}\n"
+                    f"control_exchange = {EXCHANGE}\n[upgrade_levels]\ncompute = 6.0\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config.parse_args(["nova-test", "--config-file", str(conf)], configure_db=False)
+        objects.register_all()
+    yield config.CONF
+    rpc.cleanup()
+
+
+@pytest.fixture(params=["6.0", "6.5"], ids=["cap 6.0", "cap 6.5"])
+def nova(request: pytest.FixtureRequest, nova_conf: Any) -> Iterator[Any]:
+    """nova's rpcapi module, its ComputeAPI capped at 6.0 or at 6.5 ([upgrade_levels])."""
+    from nova.compute import rpcapi
+
+    nova_conf.set_override("compute", request.param, group="upgrade_levels")
+    yield rpcapi
+    nova_conf.clear_override("compute", group="upgrade_levels")

@@ -9,7 +9,6 @@ classes (tests.helpers.check_event), and a failure comes back as nova's exceptio
 from __future__ import annotations
 
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,43 +18,12 @@ import pytest
 
 from tests.domains import QEMU_URI, TEST_URI, remove_domains, state_of
 from tests.helpers import check_event
+from tests.interop.nova import EXCHANGE, HOST, nova_context
 from tests.taps import EventTap
 from worker.config import Config
 from worker.service import Service
 
 pytestmark = pytest.mark.interop
-#: One control exchange for the whole module: nova's CONF is global and parsed once.
-EXCHANGE = f"nova_client_{uuid.uuid4().hex[:8]}"
-HOST = f"nova-client-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def nova_conf(tmp_path_factory: pytest.TempPathFactory, broker_url: str) -> Iterator[Any]:
-    """nova's CONF parsed once (it is global) from a file with our broker and exchange."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nova's imports warn about eventlet and friends
-        from nova import config, objects, rpc
-    conf = tmp_path_factory.mktemp("nova") / "nova.conf"
-    conf.write_text(f"[DEFAULT]\ntransport_url = {broker_url.replace('amqp://', 'rabbit://')}\n"
-                    f"control_exchange = {EXCHANGE}\n[upgrade_levels]\ncompute = 6.0\n")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        config.parse_args(["nova-test", "--config-file", str(conf)], configure_db=False)
-        objects.register_all()
-    yield config.CONF
-    rpc.cleanup()
-
-
-@pytest.fixture(params=["6.0", "6.5"], ids=["cap 6.0", "cap 6.5"])
-def nova(request: pytest.FixtureRequest, nova_conf: Any) -> Iterator[Any]:
-    """nova's rpcapi module, its ComputeAPI capped at 6.0 or at 6.5 ([upgrade_levels])."""
-    from nova.compute import rpcapi
-
-    nova_conf.set_override("compute", request.param, group="upgrade_levels")
-    yield rpcapi
-    nova_conf.clear_override("compute", group="upgrade_levels")
-
-
 @pytest.fixture(params=["qemu", "test"], ids=["qemu:///system", "test driver"])
 def cfg(request: pytest.FixtureRequest, make_config: Callable[..., Config]) -> Config:
     """A worker on nova's exchange and host (real QEMU, or libvirt's test driver)."""
@@ -89,12 +57,6 @@ def built(cfg: Config) -> Iterator[list[str]]:
         remove_domains(QEMU_URI, made)
 
 
-def _context() -> Any:
-    from nova import context
-
-    return context.RequestContext(user_id="user-1", project_id="project-1", is_admin=True)
-
-
 def _ends(tap: EventTap, uid: str, action: str, count: int) -> dict[str, Any]:
     ends = tap.wait_type(uid, f"instance.{action}.end", count=count, timeout=60)
     data: dict[str, Any] = ends[-1]["payload"]["nova_object.data"]
@@ -106,7 +68,7 @@ def test_nova_compute_api_drives_every_verb(
     """build, pause, unpause, suspend, resume, reboot SOFT and HARD, stop, start, terminate."""
     from nova import objects
 
-    api, ctxt, uid = nova.ComputeAPI(), _context(), str(uuid.uuid4())
+    api, ctxt, uid = nova.ComputeAPI(), nova_context(), str(uuid.uuid4())
     built.append(uid)
     instance = _instance(uid)
     api.build_and_run_instance(
@@ -161,7 +123,7 @@ def test_a_call_on_a_missing_instance_raises_nova_s_own_exception(
 
     missing = str(uuid.uuid4())
     with pytest.raises(exception.InstanceNotFound) as caught:
-        nova.ComputeAPI().stop_instance(_context(), _instance(missing), do_cast=False)
+        nova.ComputeAPI().stop_instance(nova_context(), _instance(missing), do_cast=False)
     assert f"Instance {missing} could not be found." == str(caught.value).strip()
 
 
