@@ -51,7 +51,8 @@ def start_worker(cfg: Config) -> Iterator[Callable[..., Service]]:
 
     yield start
     for service in reversed(started):
-        service.stop(grace=10)
+        if not service.stopped.is_set():  # a test may have stopped one itself
+            service.stop(grace=10)
     for service in started:
         _delete_names(service)
 
