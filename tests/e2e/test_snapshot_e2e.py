@@ -7,6 +7,7 @@ worker of its own with the snapshot_image_format it needs.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,6 +37,8 @@ from worker import config as config_mod
 from worker.amqp.client import RpcClient
 from worker.config import Config
 from worker.service import Service
+from worker.virt import disk_xml
+from worker.virt.domain_xml import to_string
 
 pytestmark = pytest.mark.e2e
 
@@ -218,4 +221,33 @@ def test_a_stopped_guest_is_copied_cold(
         assert (vm.uuid, libvirt.VIR_DOMAIN_EVENT_STOPPED) in lifecycle
     finally:
         remove_domain(qemu, vm.uuid)
+    check_all(tap)
+
+
+def test_a_block_copy_left_by_a_killed_snapshot_is_ended_and_the_snapshot_done_again(
+        built: Built, verb: Verbs, tap: EventTap, qemu: libvirt.virConnect) -> None:
+    """A worker killed mid-copy leaves QEMU mirroring into the delta; the redelivered
+    snapshot ends that job and takes its own, leaving no job and no delta behind."""
+    image_id = str(uuid.uuid4())
+    delta = built.instances / built.vm.uuid / f"snapshot-{image_id}.delta"
+    backing = str(image_info(built.disk)["full-backing-filename"])
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2",
+                    str(delta), "1G"], check=True)
+    dom = qemu.lookupByUUIDString(built.vm.uuid)
+    destination = to_string(disk_xml.disk(disk_xml.DiskSpec("file", str(delta), "vda")))
+    dom.blockCopy("vda", destination, None,
+                  libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW
+                  | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB)
+    try:
+        assert (str(built.disk), True) == _root_source(qemu, built.vm)
+
+        run = verb(built.vm, "snapshot_instance", "snapshot", image_id=image_id, timeout=120)
+    finally:
+        if dom.blockJobInfo("vda", 0):
+            dom.blockJobAbort("vda", 0)
+
+    assert "live" == details(run.end)["method"]
+    check_image(built.images / image_id, "qcow2", run.end)
+    assert (str(built.disk), False) == _root_source(qemu, built.vm)
+    assert [] == leftovers(built.images, built.instances / built.vm.uuid)
     check_all(tap)
