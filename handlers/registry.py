@@ -5,7 +5,7 @@ The service hands TABLE to its dispatcher, as oslo hands endpoints to its own.
 
 from __future__ import annotations
 
-from handlers import build, lifecycle, power, queries
+from handlers import build, lifecycle, power, queries, snapshots
 from worker.core.methods import Method, MethodTable
 
 #: The RPC API version this table serves (oslo rules: same major, minor not higher).
@@ -23,6 +23,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("stop_instance", lifecycle.stop_instance, "power_off"),
     Method("start_instance", lifecycle.start_instance, "power_on"),
     Method("terminate_instance", lifecycle.terminate_instance, "delete"),
+    Method("snapshot_instance", snapshots.snapshot_instance, "snapshot"),
     Method("get_instance_info", queries.get_instance_info, None, mutating=False,
            ordered=False),
     Method("list_instances", queries.list_instances, None, mutating=False, ordered=False),

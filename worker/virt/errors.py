@@ -15,6 +15,10 @@ libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 _BROKEN_DOMAINS = (libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC)
 _BROKEN_CODES = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR)
+# A call this driver (or this QEMU) cannot make at all: libvirt's test driver has no
+# blockCopy, for one.
+_UNSUPPORTED_CODES = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+                      libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED)
 
 
 def is_connection_error(exc: libvirt.libvirtError) -> bool:
@@ -23,6 +27,11 @@ def is_connection_error(exc: libvirt.libvirtError) -> bool:
     if code in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN):
         return True
     return code in _BROKEN_CODES and domain in _BROKEN_DOMAINS
+
+
+def unsupported(error: WorkerError) -> bool:
+    """True when a translated error says the driver cannot do the call, not that it failed."""
+    return isinstance(error, HypervisorError) and error.code in _UNSUPPORTED_CODES
 
 
 def translate(exc: libvirt.libvirtError, uuid: str | None = None) -> WorkerError:

@@ -6,13 +6,14 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import libvirt
 from lxml import etree
 
-from worker.errors import OperationTimeout
-from worker.virt import power_state
+from worker.errors import HypervisorError, ImageError, NotSupported, OperationTimeout
+from worker.virt import errors, power_state
 
 
 class Guard(Protocol):
@@ -21,6 +22,27 @@ class Guard(Protocol):
     def guard(self, uuid: str | None = None,
               conn: libvirt.virConnect | None = None) -> AbstractContextManager[None]:
         """Map libvirt errors raised inside the block (calls made on conn)."""
+
+
+@dataclass(frozen=True)
+class DiskFile:
+    """A file-backed disk of a domain as its live XML says."""
+
+    path: str
+    #: The format libvirt opens it as (<driver type>); raw when the XML names none.
+    fmt: str
+    #: The destination file of a block copy running on this disk, if one is.
+    mirror: str | None = None
+
+
+def _mirror_file(disk: etree._Element) -> str | None:
+    """The destination file of a block copy on a <disk>: <mirror file=...> or its <source>."""
+    mirror = disk.find("mirror")
+    if mirror is None:
+        return None
+    source = mirror.find("source")
+    found = mirror.get("file") or (source.get("file") if source is not None else None)
+    return str(found) if found else None
 
 
 class Guest:
@@ -152,4 +174,73 @@ class Guest:
             if time.monotonic() >= deadline:
                 raise OperationTimeout(
                     f"{self.uuid} stayed {current}, wanted {'/'.join(sorted(targets))}")
+            sleep(interval)
+
+    # --- disks and block jobs (snapshots) -----------------------------------
+
+    def disk_file(self, target: str) -> DiskFile | None:
+        """The file disk at target (vda, ...) in the live XML; None when there is no such disk
+        or it is not a plain file (a volume, a network disk, a CD-ROM)."""
+        root = etree.fromstring(self.xml().encode("utf-8"))
+        for disk in root.iterfind("devices/disk"):
+            dev = disk.find("target")
+            if dev is None or dev.get("dev") != target:
+                continue
+            source = disk.find("source")
+            if (disk.get("type") != "file" or disk.get("device", "disk") != "disk"
+                    or source is None or not source.get("file")):
+                return None
+            driver = disk.find("driver")
+            fmt = driver.get("type") if driver is not None else None
+            return DiskFile(str(source.get("file")), str(fmt or "raw"), _mirror_file(disk))
+        return None
+
+    def block_copy(self, target: str, destination_xml: str) -> None:
+        """Start mirroring disk target into the existing image destination_xml describes,
+        copying only the top layer (the destination has the same backing file).
+
+        The job is transient (it ends with the domain, so a persistent domain
+        may run it) and is never pivoted here: the guest stays on its own
+        disk. NotSupported where the driver cannot copy (libvirt's test driver).
+        """
+        flags = (libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW
+                 | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB)
+        try:
+            self._call(self._dom.blockCopy, target, destination_xml, None, flags)
+        except HypervisorError as exc:
+            if errors.unsupported(exc):
+                raise NotSupported(f"block copy is not supported here: {exc.message}") from None
+            raise
+
+    def block_job_progress(self, target: str) -> tuple[int, int] | None:
+        """(cur, end) of the block job on disk target; None when none runs."""
+        info = self._call(self._dom.blockJobInfo, target, 0)
+        if not info:
+            return None
+        return int(info["cur"]), int(info["end"])
+
+    def abort_block_job(self, target: str) -> None:
+        """End the block job on disk target and wait until it has; a copy not pivoted leaves
+        the guest on its own disk and the destination as it was at this moment."""
+        self._call(self._dom.blockJobAbort, target, 0)
+
+    def wait_block_job_ready(self, target: str, timeout: float, interval: float = 0.05,
+                             sleep: Callable[[float], None] = time.sleep) -> None:
+        """Poll until the job on target has copied everything and mirrors new writes
+        (cur == end, as nova reads it); ImageError if the job ends first, OperationTimeout
+        after timeout seconds."""
+        if not math.isfinite(timeout):
+            raise ValueError(f"timeout must be finite, got {timeout}")
+        deadline = time.monotonic() + timeout
+        while True:
+            progress = self.block_job_progress(target)
+            if progress is None:
+                raise ImageError(f"the block job on {target} ended before it was ready")
+            cur, end = progress
+            # end is 0 until QEMU has sized the job; libvirt keeps cur below end until ready.
+            if end > 0 and cur == end:
+                return
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(f"block job on {target} at {cur} of {end} bytes after "
+                                       f"{timeout:.0f}s")
             sleep(interval)
