@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from worker import logs
 from worker.errors import FlavorDiskSmallerThanImage, ImageError, InsufficientStorage
+from worker.virt import qemu_img as qemu_img_tool
+from worker.virt.tools import run_tool
 
 log = logs.get(__name__)
 GIB = 1 << 30
@@ -25,32 +25,11 @@ _TIMEOUT = 300.0
 #: mkfs per ephemeral file system, with the option that sets the label.
 MKFS = {"ext4": ("mkfs.ext4", "-L"), "ext3": ("mkfs.ext3", "-L"), "ext2": ("mkfs.ext2", "-L"),
         "vfat": ("mkfs.vfat", "-n")}
-#: What the Debian package of each tool is, for the error that says it is missing.
-_PACKAGES = {"qemu-img": "qemu-utils", "mkfs.ext4": "e2fsprogs", "mkfs.ext3": "e2fsprogs",
-             "mkfs.ext2": "e2fsprogs", "mkfs.vfat": "dosfstools", "mkswap": "util-linux"}
-
-
-def run_tool(tool: str, *args: str, timeout: float = _TIMEOUT) -> str:
-    """Run a storage tool with a timeout; its stdout, or ImageError saying what went wrong."""
-    found = shutil.which(tool) or next(
-        (p for p in (f"/usr/sbin/{tool}", f"/sbin/{tool}") if os.access(p, os.X_OK)), None)
-    if found is None:
-        raise ImageError(f"{tool} is not installed (Debian package {_PACKAGES.get(tool, tool)})")
-    try:
-        done = subprocess.run([found, *args], capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise ImageError(f"{tool} {args[0] if args else ''} took longer than {timeout:.0f}s") \
-            from None
-    if done.returncode != 0:
-        raise ImageError(f"{tool} {args[0] if args else ''} failed: "
-                         f"{(done.stderr or done.stdout).strip()[:300]}")
-    return done.stdout
 
 
 def qemu_img(*args: str) -> str:
-    """qemu-img with args."""
-    return run_tool("qemu-img", *args)
+    """qemu-img with args (a long timeout: copies of large images)."""
+    return qemu_img_tool.run(*args, timeout=_TIMEOUT)
 
 
 def info(path: Path, fmt: str | None = None, *, shared: bool = False) -> dict[str, Any]:

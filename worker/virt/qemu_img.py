@@ -6,27 +6,15 @@ Errors come back as ImageError with qemu-img's own first lines, never a tracebac
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from worker.errors import ImageError
+from worker.virt.tools import run_tool
 
 
 def run(*args: str, timeout: float = 120.0) -> str:
     """qemu-img with args; its stdout. ImageError when it is missing, fails or overruns."""
-    tool = shutil.which("qemu-img")
-    if tool is None:
-        raise ImageError("qemu-img is not installed (Debian package qemu-utils)")
-    try:
-        done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise ImageError(f"qemu-img {args[0]} took longer than {timeout:.0f}s") from None
-    if done.returncode != 0:
-        raise ImageError(f"qemu-img {args[0]} failed: {done.stderr.strip()[:300]}")
-    return done.stdout
+    return run_tool("qemu-img", *args, timeout=timeout)
 
 
 def chain(path: Path, fmt: str) -> list[dict[str, Any]]:
