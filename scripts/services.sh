@@ -4,7 +4,9 @@
 set -euo pipefail
 
 need_pkgs=()
-for p in rabbitmq-server libvirt-daemon-system libvirt-dev pkg-config qemu-system-x86 qemu-utils python3-venv; do
+# libvirt-clients and libxml2-utils: virt-xml-validate (and the xmllint it runs) judge
+# every domain XML the tests make.
+for p in rabbitmq-server libvirt-daemon-system libvirt-clients libxml2-utils libvirt-dev pkg-config qemu-system-x86 qemu-utils python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then
