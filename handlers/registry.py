@@ -5,7 +5,7 @@ The service hands TABLE to its dispatcher, as oslo hands endpoints to its own.
 
 from __future__ import annotations
 
-from handlers import build, lifecycle, power, queries, snapshots
+from handlers import build, lifecycle, power, queries, snapshots, volumes
 from worker.core.methods import Method, MethodTable
 
 #: The RPC API version this table serves (oslo rules: same major, minor not higher).
@@ -24,6 +24,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("start_instance", lifecycle.start_instance, "power_on"),
     Method("terminate_instance", lifecycle.terminate_instance, "delete"),
     Method("snapshot_instance", snapshots.snapshot_instance, "snapshot"),
+    # A call, answered with nova's BlockDeviceMapping; in the instance's line so two
+    # reservations (or a reservation and an attach) never pick the same free name.
+    Method("reserve_block_device_name", volumes.reserve_block_device_name, None),
+    Method("attach_volume", volumes.attach_volume, "volume_attach"),
+    Method("detach_volume", volumes.detach_volume, "volume_detach"),
     Method("get_instance_info", queries.get_instance_info, None, mutating=False,
            ordered=False),
     Method("list_instances", queries.list_instances, None, mutating=False, ordered=False),

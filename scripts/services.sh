@@ -5,8 +5,9 @@ set -euo pipefail
 
 need_pkgs=()
 # e2fsprogs, dosfstools, util-linux: ephemeral and swap disks (mkfs, mkswap, losetup);
-# libvirt-clients: virt-xml-validate; qemu-utils: qemu-img and qemu-nbd.
-for p in rabbitmq-server libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-system-x86 qemu-utils e2fsprogs dosfstools util-linux python3-venv; do
+# libvirt-clients and libxml2-utils: virt-xml-validate (and the xmllint it runs) judge
+# every domain XML the tests make; qemu-utils: qemu-img and qemu-nbd.
+for p in rabbitmq-server libvirt-daemon-system libvirt-clients libxml2-utils libvirt-dev pkg-config qemu-system-x86 qemu-utils e2fsprogs dosfstools util-linux python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

@@ -8,6 +8,8 @@ classes (tests.helpers.check_event), and a failure comes back as nova's exceptio
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +17,18 @@ from typing import Any
 
 import libvirt
 import pytest
+from lxml import etree
 
-from tests.domains import QEMU_URI, TEST_URI, remove_domains, state_of
+from tests.domains import (
+    QEMU_URI,
+    TEST_URI,
+    Vm,
+    connection,
+    define_vms,
+    qemu_domain_type,
+    remove_domains,
+    state_of,
+)
 from tests.helpers import check_event
 from tests.interop.nova import EXCHANGE, HOST, nova_context
 from tests.taps import EventTap
@@ -148,3 +160,63 @@ def test_every_nova_sample_message_decodes_and_fits_its_schema_or_is_refused_cle
         plain_args(check_args(method.schema, message["args"]))
         served += 1
     assert 5 <= served
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[str]:
+    """A loop device on an 8 MiB file (under the default /dev/loop prefix), detached after."""
+    image = tmp_path / "loop.img"
+    with open(image, "wb") as handle:
+        handle.truncate(8 << 20)
+    device = subprocess.run(["losetup", "-f", "--show", str(image)], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    yield device
+    subprocess.run(["losetup", "-d", device], check=False)
+
+
+def _serials(uid: str, flags: int) -> list[str | None]:
+    """The disk serials of a QEMU domain: live (flags 0) or its definition (INACTIVE)."""
+    with connection(QEMU_URI) as conn:
+        xml = conn.lookupByUUIDString(uid).XMLDesc(flags)
+    return [s.text for s in etree.fromstring(xml).iterfind("devices/disk/serial")]
+
+
+def test_nova_reserves_attaches_and_detaches_a_volume_live(
+        nova: Any, cfg: Config, worker: Service, tap: EventTap, loop_device: str) -> None:
+    """reserve_block_device_name answers nova's BDM object; nova sends it back to attach."""
+    from nova import objects
+
+    if cfg.libvirt.virt_type != "qemu":
+        pytest.skip("libvirt's test driver cannot attach or detach devices")
+    made: list[Vm] = []
+    try:
+        with connection(QEMU_URI) as conn:
+            (vm,) = define_vms(conn, qemu_domain_type(conn), 1, made, prefix="cw-nova-vol-")
+        api, ctxt, volume_id = nova.ComputeAPI(), nova_context(), str(uuid.uuid4())
+        # nova's Instance has no settable name: the worker finds the domain by uuid.
+        instance = objects.Instance(uuid=vm.uuid, host=HOST, node=HOST, vm_state="active",
+                                    task_state=None)
+
+        bdm = api.reserve_block_device_name(ctxt, instance, None, volume_id, disk_bus="scsi",
+                                            device_type="disk", tag=None, multiattach=False)
+
+        assert isinstance(bdm, objects.BlockDeviceMapping)
+        assert ("/dev/sda", volume_id, vm.uuid) == (bdm.device_name, bdm.volume_id,
+                                                    bdm.instance_uuid)
+        bdm.connection_info = json.dumps({"driver_volume_type": "local",
+                                          "data": {"device_path": loop_device},
+                                          "serial": volume_id})
+        api.attach_volume(ctxt, instance, bdm)
+        attached = tap.wait_type(vm.uuid, "instance.volume_attach.end", timeout=60)[0]
+        assert [volume_id] == _serials(vm.uuid, 0)
+        assert [volume_id] == _serials(vm.uuid, libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+        api.detach_volume(ctxt, instance, volume_id, attachment_id=str(uuid.uuid4()))
+        detached = tap.wait_type(vm.uuid, "instance.volume_detach.end", timeout=60)[0]
+        assert [] == _serials(vm.uuid, 0)
+        assert [] == _serials(vm.uuid, libvirt.VIR_DOMAIN_XML_INACTIVE)
+        for event in (attached, detached):
+            check_event(event)
+            assert volume_id == event["payload"]["nova_object.data"]["volume_id"]
+    finally:
+        remove_domains(QEMU_URI, [v.uuid for v in made])

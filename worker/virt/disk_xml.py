@@ -134,3 +134,15 @@ def by_serial(domain_xml: str, serial: str) -> etree._Element | None:
         if found.findtext("serial") == serial:
             return found
     return None
+
+
+def alias(disk_element: etree._Element) -> str | None:
+    """The <alias name> libvirt gave a device of a running domain (how its unplug is named)."""
+    found = disk_element.find("alias")
+    return None if found is None else found.get("name")
+
+
+def has_scsi_controller(domain_xml: str) -> bool:
+    """True when the domain has a SCSI controller (a scsi disk needs one to sit on)."""
+    root = etree.fromstring(domain_xml.encode("utf-8"))
+    return root.find("devices/controller[@type='scsi']") is not None

@@ -244,3 +244,34 @@ class Guest:
                 raise OperationTimeout(f"block job on {target} at {cur} of {end} bytes after "
                                        f"{timeout:.0f}s")
             sleep(interval)
+
+    # --- devices -------------------------------------------------------------
+
+    def persistent_xml(self) -> str:
+        """The definition the domain starts from next time (not the running config)."""
+        return self.xml(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def attach_device(self, device_xml: str, *, live: bool) -> None:
+        """Add a device to the definition, and to the running domain too when live."""
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if live:
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        self._call(self._dom.attachDeviceFlags, device_xml, flags)
+
+    def attach_device_live_only(self, device_xml: str) -> None:
+        """Add a device to the running domain and not to its definition."""
+        self._call(self._dom.attachDeviceFlags, device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def remove_device_from_definition(self, device_xml: str) -> None:
+        """Drop a device from the definition; the running domain keeps it."""
+        self._call(self._dom.detachDeviceFlags, device_xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def request_unplug(self, alias: str) -> None:
+        """Ask QEMU to unplug the live device alias; returns before the guest lets go.
+
+        Only libvirt's device-removed event (Hypervisor.watch_removal) says it is
+        gone; a guest may also refuse, or never answer.
+        """
+        # detachDeviceAlias only sends the request; detachDeviceFlags with
+        # AFFECT_LIVE would also sit up to 5 s inside libvirtd waiting for it.
+        self._call(self._dom.detachDeviceAlias, alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
