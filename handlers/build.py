@@ -15,8 +15,8 @@ from handlers.common import Args, Result, find_guest, instance_uuid
 from worker import logs
 from worker.codec import nova_objects
 from worker.core.context import Context
-from worker.errors import HypervisorUnavailable, InstanceNotFound, NotSupported
-from worker.virt import domain_xml, images
+from worker.errors import DevicePathInUse, HypervisorUnavailable, InstanceNotFound, NotSupported
+from worker.virt import domain_xml, images, volumes
 from worker.virt import power_state as ps
 from worker.virt.disk_xml import DiskSpec
 from worker.virt.guest import Guest
@@ -93,7 +93,7 @@ def build_and_run_instance(ctx: Context, args: Args) -> Result:
     guest: Guest | None = None
     try:
         directory.mkdir(mode=0o700)
-        disks = _local_disks(ctx, args, flavor, mappings, directory)
+        disks = _disks(ctx, args, flavor, mappings, directory)
         spec = domain_xml.DomainSpec(
             name=instance.get("name") or f"instance-{uuid}", uuid=uuid,
             memory_mib=flavor.memory_mb, vcpus=flavor.vcpus, domain_type=domain_type,
@@ -119,6 +119,13 @@ class Mappings:
     """A build's block device mapping, sorted by what the build does with each entry."""
 
     image_root: Args | None
+    #: Volume mappings (destination volume, with nova's connection_info), boot volume first.
+    volumes: tuple[Args, ...]
+
+    @property
+    def boots_from_volume(self) -> bool:
+        """A volume has boot_index 0: the instance has no local root disk."""
+        return bool(self.volumes) and self.volumes[0].get("boot_index") == 0
 
 
 def _is_image_root(mapping: Args) -> bool:
@@ -127,18 +134,29 @@ def _is_image_root(mapping: Args) -> bool:
 
 
 def _mappings(args: Args) -> Mappings:
-    given = args.get("block_device_mapping") or []
     root = None
-    for mapping in given:
+    found: list[Args] = []
+    for mapping in args.get("block_device_mapping") or []:
         if _is_image_root(mapping) and root is None:
             root = mapping
-            continue
-        raise NotSupported(
-            f"block_device_mapping: a {mapping.get('source_type')} -> "
-            f"{mapping.get('destination_type')} mapping is not supported (the image root "
-            "mapping and volumes with connection_info are; ephemeral and swap come from "
-            "the flavor)")
-    return Mappings(image_root=root)
+        elif mapping.get("destination_type") == "volume":
+            if not mapping.get("connection_info"):
+                # nova's compute gets it from cinder; this worker is handed it.
+                raise NotSupported(
+                    f"block_device_mapping: volume {mapping.get('volume_id')} has no "
+                    "connection_info (this worker does not talk to cinder)")
+            found.append(mapping)
+        else:
+            raise NotSupported(
+                f"block_device_mapping: a {mapping.get('source_type')} -> "
+                f"{mapping.get('destination_type')} mapping is not supported (the image root "
+                "mapping and volumes with connection_info are; ephemeral and swap come from "
+                "the flavor)")
+    boot = [m for m in found if m.get("boot_index") == 0]
+    if len(boot) + (root is not None and root.get("boot_index") == 0) > 1:
+        raise NotSupported("block_device_mapping: more than one mapping has boot_index 0")
+    return Mappings(image_root=None if boot else root,
+                    volumes=tuple(boot + [m for m in found if m not in boot]))
 
 
 def _refuse_networks(args: Args) -> None:
@@ -170,32 +188,62 @@ def _check_space(flavor: Sizes, directory: Path, base_size: int) -> None:
     images.require_space(directory, wanted, "the flavor's disks")
 
 
-def _local_disks(ctx: Context, args: Args, flavor: Sizes, mappings: Mappings,
-                 directory: Path) -> list[DiskSpec]:
-    disks: list[DiskSpec] = []
+def _disks(ctx: Context, args: Args, flavor: Sizes, mappings: Mappings,
+           directory: Path) -> list[DiskSpec]:
+    """Every disk of the new domain: local ones made now, volumes checked and named.
+
+    Volumes that ask for a device name get it first, so the local disks take
+    the free names around them, as nova's device naming does.
+    """
     used: set[str] = set()
+    volume_disks: list[DiskSpec] = []
+    for index, mapping in enumerate(mappings.volumes):
+        bus = volumes.bus_of(mapping)
+        target = volumes.target_of(mapping.get("device_name"), bus)
+        if target is None:
+            continue
+        if target in used:
+            raise DevicePathInUse(f"The supplied device path ({target}) is in use.")
+        used.add(target)
+        boot = 1 if index == 0 and mappings.boots_from_volume else None
+        volume_disks.append(volumes.volume_disk(ctx.config, mapping, target, boot_order=boot))
+    for index, mapping in enumerate(mappings.volumes):
+        bus = volumes.bus_of(mapping)
+        if volumes.target_of(mapping.get("device_name"), bus) is None:
+            target = volumes.next_free_target(used, bus)
+            used.add(target)
+            boot = 1 if index == 0 and mappings.boots_from_volume else None
+            volume_disks.append(volumes.volume_disk(ctx.config, mapping, target,
+                                                    boot_order=boot))
+    return _local_disks(ctx, args, flavor, mappings, directory, used) + volume_disks
+
+
+def _local_disks(ctx: Context, args: Args, flavor: Sizes, mappings: Mappings,
+                 directory: Path, used: set[str]) -> list[DiskSpec]:
+    disks: list[DiskSpec] = []
 
     def add(path: Path, fmt: str, boot: bool = False) -> None:
-        target = _next_target(used)
+        target = volumes.next_free_target(used, "virtio")
         used.add(target)
         disks.append(DiskSpec("file", str(path), target, fmt=fmt,
                               boot_order=1 if boot else None))
 
-    image_id = _image_id(args, mappings)
+    image_id = None if mappings.boots_from_volume else _image_id(args, mappings)
     cfg = ctx.config
+    root_gb = 0 if mappings.boots_from_volume else flavor.root_gb
     # A flavor too big for this file system is refused before anything is made or cached.
     _check_space(flavor, directory, 0)
     if image_id is not None:
         cache = ImageCache(cfg.instances_path, cfg.images_path)
         with cache.base(image_id) as base:
             _check_space(flavor, directory, base.virtual_size)
-            images.root_disk(directory / ROOT_DISK, flavor.root_gb, base.path, base.fmt,
+            images.root_disk(directory / ROOT_DISK, root_gb, base.path, base.fmt,
                              cow=cfg.use_cow_images)
         add(directory / ROOT_DISK, "qcow2", boot=True)
-    elif flavor.root_gb > 0:
-        images.root_disk(directory / ROOT_DISK, flavor.root_gb, None)
+    elif root_gb > 0:
+        images.root_disk(directory / ROOT_DISK, root_gb, None)
         add(directory / ROOT_DISK, "qcow2", boot=True)
-    # else diskless: nothing to boot from but still a domain (tests, PXE)
+    # else diskless, or booting from a volume: no local root disk
     if flavor.ephemeral_gb > 0:
         images.ephemeral_disk(directory / EPHEMERAL_DISK, flavor.ephemeral_gb,
                               cfg.default_ephemeral_format)
@@ -204,13 +252,6 @@ def _local_disks(ctx: Context, args: Args, flavor: Sizes, mappings: Mappings,
         images.swap_disk(directory / SWAP_DISK, flavor.swap_mb)
         add(directory / SWAP_DISK, "raw")
     return disks
-
-
-def _next_target(used: set[str]) -> str:
-    for letter in "abcdefghijklmnopqrstuvwxyz":
-        if f"vd{letter}" not in used:
-            return f"vd{letter}"
-    raise NotSupported("more than 26 virtio disks")
 
 
 def _roll_back(ctx: Context, uuid: str, guest: Guest | None) -> None:

@@ -262,3 +262,85 @@ def test_the_service_sweeps_on_its_own(
         assert [] == cache.entries()
     finally:
         service.stop(grace=10)
+
+
+def _volume(volume_id: str, info: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A volume mapping as nova's serializer sends one."""
+    data = {"source_type": "volume", "destination_type": "volume", "volume_id": volume_id,
+            "disk_bus": "virtio", "device_type": "disk", "boot_index": None,
+            "connection_info": json.dumps({**info, "serial": volume_id}), **fields}
+    return {"nova_object.name": "BlockDeviceMapping", "nova_object.namespace": "nova",
+            "nova_object.version": "1.21", "nova_object.data": data}
+
+
+def _mapping_list(*mappings: dict[str, Any]) -> dict[str, Any]:
+    return {"nova_object.name": "BlockDeviceMappingList", "nova_object.namespace": "nova",
+            "nova_object.version": "1.18", "nova_object.data": {"objects": list(mappings)}}
+
+
+def test_a_build_boots_from_a_volume_with_no_local_root_disk(
+        make_config: Callable[..., Config], rpc: RpcClient, tap: EventTap, cfg: Config,
+        built: list[str], tmp_path: Path) -> None:
+    volumes = tmp_path / "volumes"
+    volumes.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(volumes / "boot"), "8M"],
+                   check=True)
+    own = make_config(volumes_path=str(volumes), host=cfg.host,
+                      control_exchange=cfg.control_exchange,
+                      notification_topic=cfg.notifications.notification_topic)
+    service = Service(own, retry_sleep=lambda _s: None)
+    service.start()
+    try:
+        uid, volume_id = str(uuid.uuid4()), str(uuid.uuid4())
+        built.append(uid)
+        boot = _volume(volume_id, {"driver_volume_type": "file",
+                                   "data": {"device_path": str(volumes / "boot")}},
+                       boot_index=0, device_name="/dev/vda")
+        rpc.cast(cfg.host, "build_and_run_instance", {
+            "instance": {"uuid": uid, "flavor": _flavor(root_gb=1, ephemeral_gb=1)},
+            "image": None, "block_device_mapping": _mapping_list(boot)})
+        check_event(tap.wait_type(uid, "instance.create.end")[0])
+        conn = libvirt.open(TEST_URI)
+        try:
+            xml = etree.fromstring(conn.lookupByUUIDString(uid).XMLDesc(
+                libvirt.VIR_DOMAIN_XML_INACTIVE))
+        finally:
+            conn.close()
+        home = service.paths.root / uid
+        disks = [(d.find("target").get("dev"), d.find("source").get("file"),
+                  d.findtext("serial"), d.find("boot").get("order") if d.find("boot") is not None
+                  else None) for d in xml.iterfind("devices/disk")]
+        # libvirt keeps disks sorted by target.
+        assert [("vda", str(volumes.resolve() / "boot"), volume_id, "1"),
+                ("vdb", str(home / "disk.eph0"), None, None)] == disks
+        assert not (home / "disk").exists()
+    finally:
+        service.stop(grace=10)
+
+
+@pytest.mark.parametrize("mappings, error", [
+    ([_volume(str(uuid.UUID(int=1)), {"driver_volume_type": "local",
+                                      "data": {"device_path": "/etc/passwd"}})],
+     "InvalidVolume"),
+    ([_volume(str(uuid.UUID(int=1)), {"driver_volume_type": "local",
+                                      "data": {"device_path": "/dev/loop0"}},
+              device_name="/dev/vdb"),
+      _volume(str(uuid.UUID(int=2)), {"driver_volume_type": "local",
+                                      "data": {"device_path": "/dev/loop1"}},
+              device_name="/dev/vdb")],
+     "DevicePathInUse"),
+    ([_volume(str(uuid.UUID(int=1)), {"driver_volume_type": "iscsi", "data": {}})],
+     "NotSupported"),
+], ids=["a path outside the prefixes", "one device name twice", "a type we cannot open"])
+def test_a_build_with_a_volume_it_may_not_open_makes_nothing(
+        worker: Service, rpc: RpcClient, cfg: Config, built: list[str], image: Path,
+        mappings: list[dict[str, Any]], error: str) -> None:
+    uid = str(uuid.uuid4())
+    built.append(uid)
+    with pytest.raises(RemoteError) as failure:
+        rpc.call(cfg.host, "build_and_run_instance", {
+            "instance": {"uuid": uid, "flavor": _flavor(root_gb=1)}, "image": {"id": IMAGE},
+            "block_device_mapping": _mapping_list(*mappings)}, timeout=20)
+    assert error == failure.value.exc_class
+    assert None is domain_state(TEST_URI, uid)
+    assert not (worker.paths.root / uid).exists()
