@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from handlers import volumes
 from handlers.common import Args, Result, find_guest, instance_uuid
 from worker import logs
 from worker.core.context import Context
@@ -93,5 +94,6 @@ def terminate_instance(ctx: Context, args: Args) -> Result:
         if guest.is_persistent():
             guest.undefine()
     removed = ctx.paths.remove_instance_dir(uuid)
+    volumes.RESERVATIONS.forget(uuid)
     log.info("instance_files_removed" if removed else "instance_files_absent", uuid=uuid)
     return {"uuid": uuid, "name": name, "power_state": None, "vm_state": "deleted"}

@@ -93,6 +93,11 @@ class Reservations:
                 if not held:
                     del self._by_instance[instance]
 
+    def forget(self, instance: str) -> None:
+        """Drop every reservation of an instance (it is terminated)."""
+        with self._lock:
+            self._by_instance.pop(instance, None)
+
 
 #: One per process: every worker in it serves its own instances (UUIDs do not collide).
 RESERVATIONS = Reservations()

@@ -169,7 +169,7 @@ class Config:
     )
     images_path: str = _opt(
         "/var/lib/compute-worker/images",
-        "base images for builds, one file per image id; the worker only reads them",
+        "the image store: one file per image id; builds read it, snapshots add to it",
     )
     state_dir: str = _opt("/var/lib/compute-worker/state", "directory for the journal")
     max_concurrent_ops: int = _opt(8, "verbs running at once across instances", minimum=1)

@@ -154,7 +154,7 @@ def test_every_nova_sample_message_decodes_and_fits_its_schema_or_is_refused_cle
         message = sample["message"]
         method = TABLE.methods.get(message["method"])
         if method is None:
-            continue  # issues still to come: volumes, snapshots, consoles, migration
+            continue  # issues still to come: networks, consoles, rescue, migration
         request = Request(message["method"], message["args"], version=message["version"])
         assert method is TABLE.lookup(request)
         plain_args(check_args(method.schema, message["args"]))

@@ -60,3 +60,13 @@ def test_the_reservation_answer_is_a_block_device_mapping_nova_accepts() -> None
         bdm.device_name, bdm.disk_bus, bdm.device_type, bdm.tag, bdm.volume_id,
         bdm.instance_uuid, bdm.uuid)
     assert bdm.is_volume and not bdm.delete_on_termination
+
+
+def test_a_terminated_instance_s_reservations_all_go_and_no_other_s() -> None:
+    held = Reservations(Clock())
+    held.reserve(INSTANCE, VOLUME, "vdb")
+    held.reserve(OTHER, VOLUME, "vdb")
+
+    held.forget(INSTANCE)
+
+    assert ({}, ["vdb"]) == (held.of(INSTANCE), [r.target for r in held.of(OTHER).values()])
