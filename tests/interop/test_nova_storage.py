@@ -26,6 +26,7 @@ from tests.domains import QEMU_URI, qemu_domain_type, remove_domains
 from tests.helpers import check_event
 from tests.interop.nova import EXCHANGE, HOST, nova_context
 from tests.taps import EventTap
+from tests.validate_xml import assert_valid_domain
 from worker.config import Config
 from worker.service import Service
 
@@ -197,6 +198,7 @@ def test_nova_builds_attaches_detaches_snapshots_and_rebuilds_from_the_snapshot(
                 or d.find("source").get("dev")) for d in xml.iterfind("devices/disk")]
     assert [("vda", str(root / uid / "disk")), ("vdb", str(root / uid / "disk.eph0")),
             ("vdc", str(root / uid / "disk.swap")), ("sda", loop_device)] == sources
+    assert_valid_domain((root / uid / "libvirt.xml").read_text(encoding="utf-8"))
 
     # 2. A second volume (a file under volumes_path): reserved, attached live, detached live.
     volumes = Path(cfg.worker.volumes_path)
@@ -214,6 +216,8 @@ def test_nova_builds_attaches_detaches_snapshots_and_rebuilds_from_the_snapshot(
     assert second == attached["nova_object.data"]["volume_id"]
     for flags in (live, persistent):
         assert {boot_volume: "sda", second: "sdb"} == _serials(qemu_conn, uid, flags)
+        # libvirt's own schema accepts what the worker's disks made of the domain.
+        assert_valid_domain(qemu_conn.lookupByUUIDString(uid).XMLDesc(flags))
     api.detach_volume(ctxt, instance, second, bdm.attachment_id)
     assert second == _end(tap, uid, "volume_detach")["nova_object.data"]["volume_id"]
     for flags in (live, persistent):
