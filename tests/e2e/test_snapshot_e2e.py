@@ -39,6 +39,7 @@ from worker.config import Config
 from worker.service import Service
 from worker.virt import disk_xml
 from worker.virt.domain_xml import to_string
+from worker.virt.image_cache import cache_name
 
 pytestmark = pytest.mark.e2e
 
@@ -182,7 +183,8 @@ def test_a_build_boots_from_the_qcow2_snapshot(
     try:
         assert "running" == _build(rpc, tap, cfg.host, second, image_id)["power_state"]
         disk = built.instances / second.uuid / "disk"
-        assert str(built.images / image_id) == check_backing(disk)
+        # The build's base is the snapshot, cached (raw) under nova's name for it.
+        assert str(built.instances / "_base" / cache_name(image_id)) == check_backing(disk)
         assert IN_BASE.found_in(disk, "qcow2", shared=True)
         assert IN_OVERLAY.found_in(disk, "qcow2", shared=True)
         verb(second, "terminate_instance", "delete")
@@ -230,9 +232,10 @@ def test_a_block_copy_left_by_a_killed_snapshot_is_ended_and_the_snapshot_done_a
     snapshot ends that job and takes its own, leaving no job and no delta behind."""
     image_id = str(uuid.uuid4())
     delta = built.instances / built.vm.uuid / f"snapshot-{image_id}.delta"
-    backing = str(image_info(built.disk)["full-backing-filename"])
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2",
-                    str(delta), "1G"], check=True)
+    root = image_info(built.disk)
+    backing, backing_fmt = root["full-backing-filename"], root["backing-filename-format"]
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing),
+                    "-F", str(backing_fmt), str(delta), "1G"], check=True)
     dom = qemu.lookupByUUIDString(built.vm.uuid)
     destination = to_string(disk_xml.disk(disk_xml.DiskSpec("file", str(delta), "vda")))
     dom.blockCopy("vda", destination, None,
