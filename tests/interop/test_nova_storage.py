@@ -3,9 +3,10 @@
 A build from an image with root, ephemeral and swap disks and a volume from its
 block device mapping; a second volume reserved, attached and detached live
 (checked in the live XML and in the persistent definition); a snapshot to each
-of raw, qcow2, vmdk and vdi that ``qemu-img info`` agrees on, and a build that
-boots from the qcow2 one; terminate; and nothing of the instances left under
-``instances_path`` but the shared cache. Every event is judged by nova's classes.
+of raw, qcow2, vmdk and vdi that ``qemu-img info`` agrees on, and builds that
+boot from the qcow2 one and the raw one; terminate; and nothing of the instances
+left under ``instances_path`` but the shared cache. Every event is judged by
+nova's classes.
 """
 
 from __future__ import annotations
@@ -244,17 +245,21 @@ def test_nova_builds_attaches_detaches_snapshots_and_rebuilds_from_the_snapshot(
         assert fmt == ended["compute_worker.details"]["format"]
         assert _marker_in(Path(cfg.images_path) / image_id, fmt, tmp_path / "read"), fmt
 
-    # 4. A build that boots from the qcow2 snapshot.
-    again = str(uuid.uuid4())
-    built.append(again)
-    _build(api, again, "from-snapshot", snapshots["qcow2"])
-    assert "running" == _end(tap, again, "create")["nova_object.data"]["power_state"]
-    assert _marker_in(root / again / "disk", "qcow2", tmp_path / "read")
+    # 4. Builds that boot from the qcow2 snapshot, and from the raw one (the formats the
+    # image store takes as bases).
+    rebuilt: list[str] = []
+    for fmt in ("qcow2", "raw"):
+        again = str(uuid.uuid4())
+        built.append(again)
+        rebuilt.append(again)
+        _build(api, again, f"from-{fmt}", snapshots[fmt])
+        assert "running" == _end(tap, again, "create")["nova_object.data"]["power_state"], fmt
+        assert _marker_in(root / again / "disk", "qcow2", tmp_path / "read"), fmt
 
-    # 5. Terminate both: nothing of them is left but the shared cache.
+    # 5. Terminate them all: nothing of them is left but the shared cache.
     from nova import objects
 
-    for gone in (uid, again):
+    for gone in (uid, *rebuilt):
         api.terminate_instance(ctxt, _instance(gone, "x"), objects.BlockDeviceMappingList(
             objects=[]))
         _end(tap, gone, "delete")
