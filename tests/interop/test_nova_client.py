@@ -181,13 +181,13 @@ def _serials(uid: str, flags: int) -> list[str | None]:
     return [s.text for s in etree.fromstring(xml).iterfind("devices/disk/serial")]
 
 
+# QEMU only: libvirt's test driver cannot attach or detach devices.
+@pytest.mark.parametrize("cfg", ["qemu"], indirect=True, ids=["qemu:///system"])
 def test_nova_reserves_attaches_and_detaches_a_volume_live(
         nova: Any, cfg: Config, worker: Service, tap: EventTap, loop_device: str) -> None:
     """reserve_block_device_name answers nova's BDM object; nova sends it back to attach."""
     from nova import objects
 
-    if cfg.libvirt.virt_type != "qemu":
-        pytest.skip("libvirt's test driver cannot attach or detach devices")
     made: list[Vm] = []
     try:
         with connection(QEMU_URI) as conn:
