@@ -4,7 +4,7 @@ Each bench runs as `python -m bench --run <name> <args>`: the bench module run
 as __main__, with bench.common.bench_config wrapped to remember the configs it
 made, so that the host queue, event queues and exchange of each are deleted at
 the end even when a bench fails before its own clean-up.
-Run: .venv/bin/python -m bench            (modest sizes; about five and a half minutes here)
+Run: .venv/bin/python -m bench            (modest sizes; about five minutes here)
      .venv/bin/python -m bench --quick    (a smoke run of each, nothing recorded)
      .venv/bin/python -m bench --only parallel,fleet
 """
