@@ -82,7 +82,8 @@ def test_get_instance_diagnostics_is_a_diagnostics_object_nova_rebuilds(
         warnings.simplefilter("ignore")
         from nova import objects
         from nova.objects import diagnostics
-    objects.register_all()
+
+        objects.register_all()
     dom = test_driver.lookupByUUIDString(stats_domain.uuid)
     args = {"instance": {**stats_domain.args["instance"],
                          "launched_at": "2026-01-01T00:00:00Z", "config_drive": ""}}

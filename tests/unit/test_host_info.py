@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -132,10 +133,12 @@ STATS = [{"user": 10, "kernel": 20, "idle": 30, "iowait": 40, "frequency": 800},
 
 def _nova_monitor_samples(samples: list[dict[str, int]]) -> list[dict[str, int]]:
     """nova's cpu.virt_driver Monitor fed the same node CPU stats one sample at a time."""
-    from nova import objects
-    from nova.compute.monitors.cpu import virt_driver
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nova's imports warn about eventlet and friends
+        from nova import objects
+        from nova.compute.monitors.cpu import virt_driver
 
-    objects.register_all()
+        objects.register_all()
     queue = [dict(s) for s in samples]
 
     class Driver:
