@@ -196,7 +196,6 @@ class Config:
     update_resources_interval: int = _opt(
         0, "seconds between host.resources.update (and metrics.update) reports "
         "(0: every 60 s, below 0: only at start and when instances come or go), as nova's",
-        minimum=-1,
     )
     compute_monitors: str = _opt(
         "", "comma-separated monitors, as nova's: cpu.virt_driver sends metrics.update "

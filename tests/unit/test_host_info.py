@@ -218,3 +218,13 @@ def test_an_unknown_monitor_is_refused_by_name() -> None:
     """A monitor the worker does not have is a configuration error naming it."""
     with pytest.raises(ConfigError, match="numa.mem_bw"):
         load(None, {"compute_monitors": "cpu.virt_driver,numa.mem_bw"}, environ={})
+
+
+@pytest.mark.parametrize("given, interval", [(0, 60.0), (5, 5.0), (-1, None), (-30, None)])
+def test_update_resources_interval_reads_as_nova_s(given: int, interval: float | None) -> None:
+    """0 is nova's default periodic spacing (60 s); any negative turns the periodic off."""
+    from worker.core.host_report import HostReport
+
+    cfg = load(None, {"update_resources_interval": given, "virt_type": "test"}, environ={})
+
+    assert interval == HostReport(cfg, None, None, print).interval  # type: ignore[arg-type]
