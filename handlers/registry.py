@@ -5,7 +5,7 @@ The service hands TABLE to its dispatcher, as oslo hands endpoints to its own.
 
 from __future__ import annotations
 
-from handlers import build, lifecycle, power, queries, snapshots, volumes
+from handlers import build, diagnostics, host, lifecycle, power, queries, snapshots, volumes
 from worker.core.methods import Method, MethodTable
 
 #: The RPC API version this table serves (oslo rules: same major, minor not higher).
@@ -32,6 +32,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("get_instance_info", queries.get_instance_info, None, mutating=False,
            ordered=False),
     Method("list_instances", queries.list_instances, None, mutating=False, ordered=False),
+    Method("get_diagnostics", diagnostics.get_diagnostics, None, mutating=False,
+           ordered=False),
+    Method("get_instance_diagnostics", diagnostics.get_instance_diagnostics, None,
+           mutating=False, ordered=False),
+    # Ours (nova's resource tracker asks its driver in-process); no instance: like
+    # list_instances, it runs in the query pool.
+    Method("get_available_resource", host.get_available_resource, None, mutating=False,
+           ordered=False),
+    Method("get_host_uptime", host.get_host_uptime, None, mutating=False, ordered=False),
 )}
 #: What the service hands its dispatcher.
 TABLE = MethodTable(API_VERSION, METHODS)

@@ -19,6 +19,7 @@ def _registry() -> dict[str, Any]:
         import nova.notifications.objects.exception  # noqa: F401
         import nova.notifications.objects.flavor  # noqa: F401
         import nova.notifications.objects.instance  # noqa: F401
+        import nova.notifications.objects.metrics  # noqa: F401
         import nova.notifications.objects.service  # noqa: F401
         from nova.objects import base
 

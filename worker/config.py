@@ -31,6 +31,8 @@ VIRT_URIS = {
     "xen": "xen:///",
     "test": "test:///default",
 }
+#: nova's monitors the worker has (compute_monitors; "cpu." is assumed, as nova assumes it).
+MONITORS = ("cpu.virt_driver", "virt_driver")
 #: Sections where any option may stand, as every option could before sections.
 FLAT_SECTIONS = ("DEFAULT", "compute_worker")
 
@@ -191,6 +193,16 @@ class Config:
     log_level: str = _opt(
         "info", "log level", choices=("debug", "info", "warning", "error")
     )
+    update_resources_interval: int = _opt(
+        0, "seconds between host.resources.update (and metrics.update) reports "
+        "(0: every 60 s, below 0: only at start and when instances come or go), as nova's",
+    )
+    compute_monitors: str = _opt(
+        "", "comma-separated monitors, as nova's: cpu.virt_driver sends metrics.update "
+        "with the host's CPU use every update_resources_interval"
+    )
+    my_ip: str = _opt("", "host_ip of metrics.update (default: the address of the default "
+                      "route, as nova's)")
     libvirt: LibvirtOptions = field(default_factory=LibvirtOptions)
     rabbit: RabbitOptions = field(default_factory=RabbitOptions)
     notifications: NotificationOptions = field(default_factory=NotificationOptions)
@@ -201,6 +213,11 @@ class Config:
     def libvirt_uri(self) -> str:
         """The URI to open: connection_uri, else the one virt_type picks."""
         return self.libvirt.connection_uri or VIRT_URIS[self.libvirt.virt_type]
+
+    @property
+    def cpu_monitor(self) -> bool:
+        """compute_monitors names nova's cpu.virt_driver: metrics.update is sent."""
+        return any(m.strip() in MONITORS for m in self.compute_monitors.split(","))
 
     @property
     def event_publisher_id(self) -> str:
@@ -363,6 +380,11 @@ def _check(config: Config) -> None:
         # Past the journal's memory a replay inside the window would run again.
         raise ConfigError("option signature_max_age: must be shorter than journal_max_age "
                           f"({worker.journal_max_age:g}s)")
+    monitors = [m.strip() for m in config.compute_monitors.split(",") if m.strip()]
+    unknown = [m for m in monitors if m not in MONITORS]
+    if unknown:
+        raise ConfigError(f"option compute_monitors: unknown monitor {unknown[0]!r:.60} "
+                          f"(known: {', '.join(sorted(MONITORS))})")
     if not config.host or any(c in config.host for c in "#* \t"):
         raise ConfigError(f"option host: {config.host!r} cannot be used in a routing key")
     # Exchange names, queue names and routing keys are AMQP short strings: at

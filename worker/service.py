@@ -15,6 +15,7 @@ from worker.codec import signing
 from worker.config import Config
 from worker.core.answers import Answers
 from worker.core.dispatcher import Dispatcher, Lines
+from worker.core.host_report import HostReport
 from worker.core.journal import Journal
 from worker.core.ordering import KeyedExecutor
 from worker.core.state_watch import StateWatch
@@ -62,6 +63,7 @@ class Service:
                                      on_verb_end=self._verb_ended, signing_key=key,
                                      on_fault=self.fault)
         self.consumer = Consumer(cfg, self.dispatcher.deliver, busy=self._busy)
+        self.host_report = HostReport(cfg, self.hypervisor, self.answers, self.publisher.send)
         self._threads = [
             threading.Thread(target=self._consume, name="consumer", daemon=True),
             threading.Thread(target=self._guard_libvirt, name="libvirt-guard", daemon=True),
@@ -94,6 +96,7 @@ class Service:
             self.watch.lifecycle(event)
 
     def _verb_ended(self, uuid: str, result: Any) -> None:
+        self.host_report.verb_ended(uuid, result)
         if isinstance(result, dict) and "power_state" in result:
             self.watch.observed(uuid, result["power_state"])
         else:
@@ -216,6 +219,7 @@ class Service:
             log.warning("broker_not_reached_yet", timeout=timeout)
         self.publish_service_status(up=True, disabled_reason=None)
         self.watch.start()
+        self.host_report.start()
         log.info("worker_started", host=self.cfg.host)
 
     def _abandon(self) -> None:
@@ -259,6 +263,7 @@ class Service:
         for thread in self._threads:
             thread.join(10)
         self.watch.stop()
+        self.host_report.stop()
         self.publish_service_status(up=False, disabled_reason=None)
         self.publisher.stop()
         self.executor.shutdown(wait=finished)
