@@ -17,6 +17,7 @@ from worker.core.methods import Answer
 from worker.errors import (
     HypervisorError,
     InstanceInvalidState,
+    InstanceNotFound,
     InterfaceAttachFailed,
     InterfaceDetachFailed,
     InvalidInput,
@@ -80,7 +81,10 @@ def replug_host(ctx: Context) -> int:
     made = 0
     for uuid in plumb.instances():
         try:
+            ctx.hypervisor.guest(uuid)  # a record without a domain is left for terminate
             made += plumb.replug(uuid)
+        except InstanceNotFound:
+            continue
         except WorkerError as exc:
             log.error("vifs_not_replugged", uuid=uuid, error=exc.message[:200])
     return made

@@ -92,6 +92,8 @@ class Plumbing:
         os.replace(staged, path)
 
     def _remember(self, uuid: str, plugged: Plugged) -> None:
+        # A domain the worker did not build (defined by hand) has no directory yet.
+        self.paths.instance_dir(uuid).mkdir(mode=0o700, exist_ok=True)
         kept = [e for e in self.recorded(uuid) if e.vif.id != plugged.vif.id]
         self._write(uuid, [*kept, plugged])
 

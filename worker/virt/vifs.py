@@ -242,9 +242,8 @@ def from_request(request: Any, instance: str, index: int, mappings: dict[str, st
     port = request.get("port_id")
     ip = request.get("address")
     subnets = (Subnet(None, (_ip(ip, "requested IP"),)),) if ip is not None else ()
-    entry: dict[str, Any] = {"id": port, "type": "bridge", "network": {"id": network_id, "bridge": None,
-                                                        "subnets": []},
-             "details": {}}
+    entry: dict[str, Any] = {"id": port, "type": "bridge", "details": {},
+                             "network": {"id": network_id, "bridge": None, "subnets": []}}
     made = from_model(entry, instance, index, mappings)
     return replace(made, subnets=subnets)
 
