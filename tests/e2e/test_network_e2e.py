@@ -361,3 +361,34 @@ def test_an_interface_attached_live_is_detached_live_from_a_guest_that_acks_unpl
     assert dev not in bindings()
     assert {} == links(net.prefix)
     assert f"compute-worker-{port}" not in filters(qemu)
+
+
+def test_plumbing_removes_only_the_taps_and_bridges_it_made(
+        net: Net, tmp_path: Path) -> None:
+    """A tap that was there before is used and left; a tap and a bridge the worker made go."""
+    from worker import config
+    from worker.virt import netdev, vifs
+    from worker.virt.paths import InstancePaths
+    from worker.virt.plugging import Plumbing
+
+    cfg = config.load(None, {"firewall_driver": "none", "manage_bridges": True,
+                             "instances_path": str(tmp_path / "instances")}, environ={})
+    paths = InstancePaths(cfg.instances_path)
+    paths.root.mkdir(parents=True)
+    plumb = Plumbing(None, cfg, paths)  # type: ignore[arg-type]  # no filters: no libvirt
+    uid = str(uuid.uuid4())
+    theirs, ours, bridge = net.name("t0"), net.name("t1"), net.name("br")
+    assert netdev.make_tap(theirs) and not netdev.make_tap(theirs)
+    found = [vifs.from_model(vif(net.port(), theirs, "tap"), uid, 0, {}),
+             vifs.from_model(vif(net.port(), ours, "tap"), uid, 1, {}),
+             vifs.from_model(vif(net.port(), net.name("b2"), "bridge", bridge=bridge), uid, 2, {})]
+    for one in found:
+        plumb.check(uid, one)
+    plugged = [plumb.plug(uid, one) for one in found]
+    assert [False, True, False] == [p.made_tap for p in plugged]
+    assert {theirs: "tun", ours: "tun", bridge: "bridge"} == links(net.prefix)
+    assert [p.vif.id for p in plugged] == [p.vif.id for p in plumb.recorded(uid)]
+
+    assert 3 == plumb.unplug_all(uid)
+    assert {theirs: "tun"} == links(net.prefix)
+    assert [] == plumb.recorded(uid)

@@ -59,13 +59,15 @@ def kind(name: str) -> str | None:
 def make_tap(name: str) -> bool:
     """Create the persistent tap name and set it up; False when it was already there."""
     with _netlink(f"create tap {name}") as ipr:
-        made = True
-        try:
-            ipr.link("add", ifname=name, kind="tuntap", mode="tap")
-        except NetlinkError as exc:
-            if exc.code != _EEXIST:
-                raise
-            made = False
+        # Looked up first: adding a tuntap that exists attaches to it rather than failing.
+        made = _index(ipr, name) is None
+        if made:
+            try:
+                ipr.link("add", ifname=name, kind="tuntap", mode="tap")
+            except NetlinkError as exc:
+                if exc.code != _EEXIST:
+                    raise
+                made = False  # made by someone else just now
         index = _index(ipr, name)
         if index is not None:
             ipr.link("set", index=index, state="up")
@@ -77,13 +79,15 @@ def make_tap(name: str) -> bool:
 def make_bridge(name: str) -> bool:
     """Create bridge name and set it up; False when it was already there."""
     with _netlink(f"create bridge {name}") as ipr:
-        made = True
-        try:
-            ipr.link("add", ifname=name, kind="bridge")
-        except NetlinkError as exc:
-            if exc.code != _EEXIST:
-                raise
-            made = False
+        # Looked up first: adding a tuntap that exists attaches to it rather than failing.
+        made = _index(ipr, name) is None
+        if made:
+            try:
+                ipr.link("add", ifname=name, kind="bridge")
+            except NetlinkError as exc:
+                if exc.code != _EEXIST:
+                    raise
+                made = False  # made by someone else just now
         index = _index(ipr, name)
         if index is not None:
             ipr.link("set", index=index, state="up")
