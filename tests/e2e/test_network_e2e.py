@@ -94,7 +94,7 @@ def net(qemu: libvirt.virConnect) -> Iterator[Net]:
                 ipr.link("del", index=found[0])
     for port in made.ports:
         try:
-            qemu.nwFilterLookupByName(f"compute-worker-{port}").undefine()
+            qemu.nwfilterLookupByName(f"compute-worker-{port}").undefine()
         except libvirt.libvirtError:
             pass
 
@@ -222,7 +222,7 @@ def test_a_build_with_a_bridge_and_a_tap_vif_comes_up_filtered_and_terminate_lea
     assert {dev1: f"compute-worker-{p1}", dev2: f"compute-worker-{p2}"}.items() <= \
         bindings().items()
     assert {f"compute-worker-{p1}", f"compute-worker-{p2}"} <= filters(qemu)
-    filtered = etree.fromstring(qemu.nwFilterLookupByName(f"compute-worker-{p1}").XMLDesc())
+    filtered = etree.fromstring(qemu.nwfilterLookupByName(f"compute-worker-{p1}").XMLDesc())
     assert ["clean-traffic"] == [r.get("filter") for r in filtered.iterfind("filterref")]
     assert (worker.service.paths.root / vm.uuid / "vifs.json").is_file()
 
@@ -289,7 +289,7 @@ def test_on_a_stopped_guest_interfaces_change_the_definition_and_power_on_replug
     worker.service.stop(grace=30)
     with IPRoute() as ipr:
         ipr.link("del", index=ipr.link_lookup(ifname=dev1)[0])
-    qemu.nwFilterLookupByName(f"compute-worker-{p1}").undefine()
+    qemu.nwfilterLookupByName(f"compute-worker-{p1}").undefine()
     again = start(cfg)
     assert {dev1: "tun"} == links(net.prefix)
     assert f"compute-worker-{p1}" in filters(qemu)
@@ -303,32 +303,36 @@ def test_on_a_stopped_guest_interfaces_change_the_definition_and_power_on_replug
     assert f"compute-worker-{p1}" == bindings().get(dev1)
 
 
-@pytest.mark.parametrize("bad", [
-    {"devname": "eth0/../x"}, {"devname": "a-name-too-long-x"}, {"devname": "lo"},
-    {"address": "01:00:5e:00:00:01"}, {"network": {"id": NET, "bridge": "br 0"}},
-    {"network": {"id": NET, "bridge": "lo"}},
-], ids=["devname-slash", "devname-long", "devname-taken", "multicast-mac", "bridge-space",
-        "bridge-not-a-bridge"])
+HOSTILE = {
+    "devname with a slash": {"devname": "eth0/../x"},
+    "devname too long": {"devname": "a-name-too-long-x"},
+    "devname the host has": {"devname": "lo"},
+    "multicast MAC": {"address": "01:00:5e:00:00:01"},
+    "bridge name with a space": {"network": {"id": NET, "bridge": "br 0"}},
+    "bridge that is not a bridge": {"network": {"id": NET, "bridge": "lo"}},
+}
+
+
 def test_hostile_vifs_are_refused_before_anything_is_made(
-        bad: dict[str, Any], net: Net, net_cfg: Callable[..., Config],
-        start: Callable[[Config], Worker], qemu: libvirt.virConnect,
-        domains: list[str]) -> None:
+        net: Net, net_cfg: Callable[..., Config], start: Callable[[Config], Worker],
+        qemu: libvirt.virConnect, domains: list[str]) -> None:
     """Bad names, a multicast MAC, a link that is not ours: InvalidInput, nothing created."""
     worker = start(net_cfg(manage_bridges=True))
-    vm = Vm.new(NAME_PREFIX)
-    domains.append(vm.uuid)
-    good = vif(net.port(), net.name("t1"), "tap")
-    hostile = {**vif(net.port(), net.name("b2"), "bridge", bridge=net.name("br")), **bad}
     before = (filters(qemu), set(bindings()))
-    worker.cast("build_and_run_instance", {"instance": {"uuid": vm.uuid, "name": vm.name,
-                                                        "memory_mb": 64},
-                                           "network_info": [good, hostile]})
-    error = worker.end(vm.uuid, "create", phase="error")
-    assert "InvalidInput" == error["fault"]["nova_object.data"]["exception"]
-    assert None is domain_state(QEMU_URI, vm.uuid)
-    assert {} == links(net.prefix)
-    assert before == (filters(qemu), set(bindings()))
-    assert not (worker.service.paths.root / vm.uuid).exists()
+    for case, bad in HOSTILE.items():
+        vm = Vm.new(NAME_PREFIX)
+        domains.append(vm.uuid)
+        good = vif(net.port(), net.name("t1"), "tap")
+        hostile = {**vif(net.port(), net.name("b2"), "bridge", bridge=net.name("br")), **bad}
+        worker.cast("build_and_run_instance", {"instance": {"uuid": vm.uuid, "name": vm.name,
+                                                            "memory_mb": 64},
+                                               "network_info": [good, hostile]})
+        error = worker.end(vm.uuid, "create", phase="error")
+        assert "InvalidInput" == error["fault"]["nova_object.data"]["exception"], case
+        assert None is domain_state(QEMU_URI, vm.uuid), case
+        assert {} == links(net.prefix), case
+        assert before == (filters(qemu), set(bindings())), case
+        assert not (worker.service.paths.root / vm.uuid).exists(), case
     assert "lo" in links("lo")
 
 

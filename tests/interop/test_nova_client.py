@@ -262,7 +262,7 @@ def test_nova_attaches_an_interface_and_gets_the_vif_back(
         remove_domains(QEMU_URI, [v.uuid for v in made])
         with connection(QEMU_URI) as conn:
             if f"compute-worker-{port_id}" in conn.listNWFilters():
-                conn.nwFilterLookupByName(f"compute-worker-{port_id}").undefine()
+                conn.nwfilterLookupByName(f"compute-worker-{port_id}").undefine()
         with IPRoute() as ipr:
             for index in ipr.link_lookup(ifname=bridge):
                 ipr.link("del", index=index)
