@@ -255,7 +255,7 @@ def test_on_a_stopped_guest_interfaces_change_the_definition_and_power_on_replug
         net: Net, net_cfg: Callable[..., Config], start: Callable[[Config], Worker],
         qemu: libvirt.virConnect, domains: list[str]) -> None:
     """Stopped: attach and detach touch the definition only; a tap and filter lost while the
-    worker was down come back at its start, and power on runs the guest on them."""
+    worker was down come back at its start; power on and a HARD reboot replug a lost tap."""
     dev1 = net.name("t1")
     cfg = net_cfg()
     worker = start(cfg)
@@ -300,6 +300,16 @@ def test_on_a_stopped_guest_interfaces_change_the_definition_and_power_on_replug
     again.cast("start_instance", {"instance": {"uuid": vm.uuid}})
     assert "running" == again.end(vm.uuid, "power_on")["power_state"]
     assert libvirt.VIR_DOMAIN_RUNNING == state_of(QEMU_URI, vm.uuid)
+    assert f"compute-worker-{p1}" == bindings().get(dev1)
+
+    # A HARD reboot of a stopped guest whose tap went missing replugs it too.
+    again.cast("stop_instance", {"instance": {"uuid": vm.uuid}, "clean_shutdown": False})
+    again.end(vm.uuid, "power_off", count=1)
+    with IPRoute() as ipr:
+        ipr.link("del", index=ipr.link_lookup(ifname=dev1)[0])
+    again.cast("reboot_instance", {"instance": {"uuid": vm.uuid}, "reboot_type": "HARD"})
+    assert "running" == again.end(vm.uuid, "reboot")["power_state"]
+    assert {dev1: "tun"} == links(net.prefix)
     assert f"compute-worker-{p1}" == bindings().get(dev1)
 
 
