@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers import volumes
+from handlers import network, volumes
 from handlers.common import Args, Result, find_guest, instance_uuid
 from worker import logs
 from worker.core.context import Context
@@ -24,13 +24,14 @@ def _suspended(guest: Guest) -> bool:
     return not guest.is_active() and guest.has_managed_save()
 
 
-def _hard_reboot(guest: Guest) -> None:
+def _hard_reboot(ctx: Context, guest: Guest) -> None:
     # The original re-created the domain from its live XML; a persistent
     # domain starts again from its definition, which is that same config.
     if guest.is_active():
         guest.power_off()
     if guest.has_managed_save():
         guest.discard_saved_state()  # HARD asks for a fresh boot, saved memory included
+    network.replug(ctx, guest.uuid)  # taps and bridges a host reboot took
     guest.start()
 
 
@@ -45,7 +46,7 @@ def reboot_instance(ctx: Context, args: Args) -> Result:
             guest.shutdown()
             if not guest.wait_off(ctx.config.soft_reboot_timeout):
                 log.warning("soft_reboot_timed_out", timeout=ctx.config.soft_reboot_timeout)
-    _hard_reboot(guest)
+    _hard_reboot(ctx, guest)
     return guest.describe()
 
 
@@ -70,9 +71,11 @@ def start_instance(ctx: Context, args: Args) -> Result:
     if not guest.is_active():
         if guest.has_managed_save():
             raise InstanceInvalidState("instance is suspended: resume it instead")
+        network.replug(ctx, guest.uuid)
         guest.start()
     elif current == ps.CRASHED:
         guest.power_off()
+        network.replug(ctx, guest.uuid)
         guest.start()
     elif current not in (ps.RUNNING, ps.PAUSED):
         raise InstanceInvalidState(f"cannot start an instance that is {current}")
@@ -93,6 +96,8 @@ def terminate_instance(ctx: Context, args: Args) -> Result:
             guest.power_off()
         if guest.is_persistent():
             guest.undefine()
+    # Off and undefined: no interface holds a tap or a filter any more.
+    network.unplug_all(ctx, uuid)
     removed = ctx.paths.remove_instance_dir(uuid)
     volumes.RESERVATIONS.forget(uuid)
     log.info("instance_files_removed" if removed else "instance_files_absent", uuid=uuid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from handlers import network
 from handlers.common import Args, Result, find_guest
 from worker.core.context import Context
 from worker.errors import InstanceInvalidState
@@ -46,6 +47,7 @@ def resume_instance(ctx: Context, args: Args) -> Result:
     guest = find_guest(ctx, args)
     current = guest.power_state()
     if not guest.is_active() and guest.has_managed_save():
+        network.replug(ctx, guest.uuid)  # the saved guest's taps, if a host reboot took them
         guest.start()
     elif current != ps.RUNNING:
         raise InstanceInvalidState(f"cannot resume an instance that is {current}, not suspended")

@@ -5,7 +5,17 @@ The service hands TABLE to its dispatcher, as oslo hands endpoints to its own.
 
 from __future__ import annotations
 
-from handlers import build, diagnostics, host, lifecycle, power, queries, snapshots, volumes
+from handlers import (
+    build,
+    diagnostics,
+    host,
+    lifecycle,
+    network,
+    power,
+    queries,
+    snapshots,
+    volumes,
+)
 from worker.core.methods import Method, MethodTable
 
 #: The RPC API version this table serves (oslo rules: same major, minor not higher).
@@ -29,6 +39,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("reserve_block_device_name", volumes.reserve_block_device_name, None),
     Method("attach_volume", volumes.attach_volume, "volume_attach"),
     Method("detach_volume", volumes.detach_volume, "volume_detach"),
+    # A call (nova's), answered with the VIF as nova's network model entry.
+    Method("attach_interface", network.attach_interface, "interface_attach"),
+    Method("detach_interface", network.detach_interface, "interface_detach"),
     Method("get_instance_info", queries.get_instance_info, None, mutating=False,
            ordered=False),
     Method("list_instances", queries.list_instances, None, mutating=False, ordered=False),

@@ -70,6 +70,9 @@ class LibvirtOptions:
         20.0, "seconds each detach attempt waits for libvirt's device-removed event",
         minimum=0.1,
     )
+    use_virtio_for_bridges: bool = _opt(
+        True, "interfaces get the virtio model (off: the hypervisor's default model)"
+    )
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,14 @@ class WorkerOptions:
         "comma-separated prefixes a local volume's device path, and what it resolves to, "
         "must start with",
     )
+    bridge_mappings: str = _opt(
+        "", "comma-separated <network id or label>:<bridge> pairs: the bridge a requested "
+        "network is plugged into (as neutron's linuxbridge mappings)",
+    )
+    manage_bridges: bool = _opt(
+        False, "a missing bridge is created, and removed again when the worker made it and "
+        "no interface is left on it"
+    )
 
     @property
     def device_prefixes(self) -> tuple[str, ...]:
@@ -203,6 +214,13 @@ class Config:
     )
     my_ip: str = _opt("", "host_ip of metrics.update (default: the address of the default "
                       "route, as nova's)")
+    firewall_driver: str = _opt(
+        "nwfilter", "traffic filter of each VIF: libvirt's nwfilter (clean-traffic), or none",
+        choices=("nwfilter", "none"),
+    )
+    allow_same_net_traffic: bool = _opt(
+        True, "instances on one subnet may reach each other (off: only the gateway may)"
+    )
     libvirt: LibvirtOptions = field(default_factory=LibvirtOptions)
     rabbit: RabbitOptions = field(default_factory=RabbitOptions)
     notifications: NotificationOptions = field(default_factory=NotificationOptions)

@@ -200,3 +200,47 @@ class PublishError(WorkerError):
     """The broker did not confirm a publish in time, or refused it."""
 
     expected = False
+
+
+# --- networks, under nova's names (nova.exception) --------------------------------------
+
+
+class InvalidInput(WorkerError):
+    """A VIF, port, MAC or interface name of a wrong shape (nova's InvalidInput)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Invalid input received: {reason}")  # nova's wording
+        self.reason = reason
+
+
+class NetworkNotFound(WorkerError):
+    """A network id or label that bridge_mappings does not map (nova's NetworkNotFound)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+
+class NetworkNotFoundForBridge(NetworkNotFound):
+    """A bridge that does not exist on this host, and manage_bridges is off."""
+
+
+class PortNotFound(WorkerError):
+    """No interface of the instance has that port id."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+
+class InterfaceAttachFailed(WorkerError):
+    """libvirt did not take the interface (nova's InterfaceAttachFailed)."""
+
+    wire_module = NOVA
+
+
+class InterfaceDetachFailed(WorkerError):
+    """The guest did not let go of an interface (nova's InterfaceDetachFailed)."""
+
+    wire_module = NOVA

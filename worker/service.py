@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from handlers import network
 from handlers.registry import TABLE
 from worker import __version__, logs
 from worker.amqp.consumer import Consumer
@@ -14,6 +15,7 @@ from worker.amqp.publisher import Publisher
 from worker.codec import signing
 from worker.config import Config
 from worker.core.answers import Answers
+from worker.core.context import Context
 from worker.core.dispatcher import Dispatcher, Lines
 from worker.core.host_report import HostReport
 from worker.core.journal import Journal
@@ -205,6 +207,8 @@ class Service:
                  version=__version__, journal_entries=len(self.journal))
         if not self.hypervisor.alive():
             log.warning("libvirt_not_reached_yet", uri=self.cfg.libvirt_uri)
+        else:
+            self._replug_vifs()
         self.publisher.start()
         for thread in self._threads:
             thread.start()
@@ -221,6 +225,16 @@ class Service:
         self.watch.start()
         self.host_report.start()
         log.info("worker_started", host=self.cfg.host)
+
+    def _replug_vifs(self) -> None:
+        """Make again the taps, bridges and filters recorded VIFs lost (a host reboot)."""
+        try:
+            made = network.replug_host(Context(self.hypervisor, self.cfg, self.paths))
+        except Exception as exc:  # the worker starts anyway; power on replugs again
+            log.error("vifs_not_replugged_at_start", error=str(exc)[:300])
+            return
+        if made:
+            log.info("vifs_replugged_at_start", made=made)
 
     def _abandon(self) -> None:
         """Undo start() without a word on the wire: the host belongs to another worker.

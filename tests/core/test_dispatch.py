@@ -178,3 +178,27 @@ def test_an_undecodable_body_is_rejected_and_answered_with_a_reject_event(
 
     assert ["reject"] == core.settles.wait(1)
     assert ["rpc_message.reject.error"] == core.outbox.kinds()
+
+
+def test_an_answer_splits_a_call_s_reply_from_the_state_its_event_carries(
+        make_core: Callable[..., Core]) -> None:
+    """attach_interface's shape: the reply is nova's VIF, the end event says the instance."""
+    from worker.core.methods import Answer
+
+    def attach(ctx: Context, args: dict[str, Any]) -> Answer:
+        guest = ctx.guest(args["instance"]["uuid"])
+        return Answer(guest.describe(), {"id": "port-1", "type": "bridge"})
+
+    methods = dict(TABLE.methods)
+    methods["attach_interface"] = Method("attach_interface", attach, "interface_attach")
+    core = make_core(table=MethodTable(TABLE.version, methods))
+    message = call("attach_interface", core.uuids[0])
+    core.deliver(message, 1)
+
+    assert ["ack"] == core.settles.wait(1)
+    sent = core.outbox.wait(lambda s: len(s) == 3)
+    assert {"id": "port-1", "type": "bridge"} == reply_of(sent, message)["result"]
+    end = next(s.inner for s in sent if s.inner.get("event_type") ==
+               "instance.interface_attach.end")
+    assert ("running", "active") == (end["payload"]["nova_object.data"]["power_state"],
+                                     end["payload"]["nova_object.data"]["state"])

@@ -179,10 +179,12 @@ def _nova_list(name: str, item: str, *objects: dict[str, Any]) -> dict[str, Any]
 
 
 @pytest.mark.parametrize("args, error, reason", [
-    ({"requested_networks": [{"network_id": "n1"}]}, "NotSupported", "requested_networks"),
-    ({"requested_networks": _nova_list("NetworkRequestList", "NetworkRequest",
-                                       {"network_id": "n1", "port_id": "p1"})},
-     "NotSupported", "requested_networks"),
+    ({"requested_networks": [{"network_id": "n1"}]}, "InvalidInput", "network id 'n1'"),
+    ({"requested_networks": _nova_list(
+        "NetworkRequestList", "NetworkRequest",
+        {"network_id": "1b2c3d4e-5f60-4718-9a2b-3c4d5e6f7081",
+         "port_id": "6a7b8c9d-0e1f-4a2b-8c3d-4e5f6a7b8c9d"})},
+     "NetworkNotFound", "Network 1b2c3d4e-5f60-4718-9a2b-3c4d5e6f7081 could not be found"),
     ({"block_device_mapping": _nova_list(
         "BlockDeviceMappingList", "BlockDeviceMapping",
         {"source_type": "volume", "destination_type": "volume", "volume_id": "v1"})},
@@ -198,7 +200,8 @@ def _nova_list(name: str, item: str, *objects: dict[str, Any]) -> dict[str, Any]
 def test_what_a_build_cannot_do_is_refused_before_anything_runs(
         worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config, built: list[str],
         args: dict[str, Any], error: str, reason: str) -> None:
-    """What the schema refuses, or a plain build cannot do (networks, volumes), makes nothing."""
+    """What the schema refuses, or a plain build cannot do (a network no bridge_mappings
+    maps, volumes), makes nothing."""
     uid = str(uuid.uuid4())
     with pytest.raises(RemoteError) as failure:
         rpc.call(cfg.host, "build_and_run_instance", {"instance": {"uuid": uid}, **args},

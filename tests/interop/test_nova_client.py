@@ -220,3 +220,49 @@ def test_nova_reserves_attaches_and_detaches_a_volume_live(
             assert volume_id == event["payload"]["nova_object.data"]["volume_id"]
     finally:
         remove_domains(QEMU_URI, [v.uuid for v in made])
+
+
+# QEMU only, as volumes: the test driver has no nwfilters and cannot attach devices.
+@pytest.mark.parametrize("cfg", ["qemu"], indirect=True, ids=["qemu:///system"])
+def test_nova_attaches_an_interface_and_gets_the_vif_back(
+        nova: Any, cfg: Config, make_config: Callable[..., Config],
+        start_worker: Callable[..., Service], tap: EventTap) -> None:
+    """attach_interface through nova's client: the answer is nova's VIF, the guest has it."""
+    from pyroute2 import IPRoute
+
+    network_id, port_id = str(uuid.uuid4()), str(uuid.uuid4())
+    bridge = f"cwn{uuid.uuid4().hex[:6]}"
+    start_worker(make_config(virt_type="qemu", control_exchange=EXCHANGE, host=HOST,
+                             bridge_mappings=f"{network_id}:{bridge}", manage_bridges=True))
+    made: list[Vm] = []
+    try:
+        with connection(QEMU_URI) as conn:
+            (vm,) = define_vms(conn, qemu_domain_type(conn), 1, made, prefix="cw-nova-net-")
+        from nova import objects
+
+        instance = objects.Instance(uuid=vm.uuid, host=HOST, node=HOST, vm_state="active",
+                                    task_state=None)
+        answer = nova.ComputeAPI().attach_interface(nova_context(), instance, network_id,
+                                                    port_id, "10.20.0.5", tag=None)
+
+        assert (port_id, "bridge", f"tap{port_id}"[:14], bridge) == (
+            answer["id"], answer["type"], answer["devname"], answer["network"]["bridge"])
+        assert ["10.20.0.5"] == [ip["address"] for s in answer["network"]["subnets"]
+                                 for ip in s["ips"]]
+        attached = tap.wait_type(vm.uuid, "instance.interface_attach.end", timeout=60)[0]
+        check_event(attached)
+        assert "InstanceActionPayload" == attached["payload"]["nova_object.name"]
+        with connection(QEMU_URI) as conn:
+            live = etree.fromstring(conn.lookupByUUIDString(vm.uuid).XMLDesc(0))
+        (element,) = live.iterfind("devices/interface")
+        source, mac = element.find("source"), element.find("mac")
+        assert source is not None and mac is not None
+        assert (bridge, answer["address"]) == (source.get("bridge"), mac.get("address"))
+    finally:
+        remove_domains(QEMU_URI, [v.uuid for v in made])
+        with connection(QEMU_URI) as conn:
+            if f"compute-worker-{port_id}" in conn.listNWFilters():
+                conn.nwfilterLookupByName(f"compute-worker-{port_id}").undefine()
+        with IPRoute() as ipr:
+            for index in ipr.link_lookup(ifname=bridge):
+                ipr.link("del", index=index)

@@ -47,6 +47,8 @@ RULES = (
                       "worker.core.state_watch"),
          "a handler calls the context's hypervisor and returns what the event needs"),
 )
+#: The one owner of netlink: taps and bridges are made there and nowhere else.
+NETLINK_HOME = "worker/virt/netdev.py"
 GROUND = ("worker/config.py", "worker/errors.py", "worker/logs.py", "worker/messages.py",
           "worker/retry.py")
 # The ground imports nothing of ours above it; messages.py nothing of ours at all.
@@ -91,6 +93,9 @@ def breaches(paths: list[Path]) -> list[str]:
             found += [f"{rel}: {n} (the ground stands on nothing of ours above it)"
                       for n in names if _hits(n, ("worker", "handlers"))
                       and not _hits(n, allowed) and n != "worker"]
+        if rel != NETLINK_HOME:
+            found += [f"{rel}: {n} (only {NETLINK_HOME} talks netlink)"
+                      for n in names if _hits(n, ("pyroute2",))]
         if not rel.startswith("worker/cli/"):
             found += [f"{rel}: {n} (nothing imports the command line)"
                       for n in names if _hits(n, ("worker.cli",))]
@@ -118,6 +123,7 @@ def test_every_module_keeps_its_package_rule() -> None:
     ("worker/amqp", "from worker.virt.guest import Guest"),
     ("handlers", "from worker.amqp.publisher import Publisher"),
     ("worker/core", "    from worker.cli.main import main"),
+    ("worker/virt", "from pyroute2 import IPRoute"),
 ])
 def test_a_rule_broken_by_hand_is_caught(tmp_path: Path, package: str, line: str) -> None:
     """Write a module that breaks a rule into a copy of its package: the checker names it."""

@@ -18,7 +18,7 @@ from worker.core.answers import Answers
 from worker.core.context import Context
 from worker.core.inflight import InFlight, InFlightTable
 from worker.core.journal import Journal
-from worker.core.methods import Method, MethodTable
+from worker.core.methods import Answer, Method, MethodTable
 from worker.core.ordering import KeyedExecutor
 from worker.core.outbox import Outbox
 from worker.core.schemas import check_args
@@ -273,7 +273,8 @@ class Dispatcher:
             # along, so a quick verb's two events leave in one write.
             self.outbox.release(held)
         if self._on_verb_end is not None and method.action and req.instance_uuid:
-            self._on_verb_end(req.instance_uuid.lower(), result)
+            self._on_verb_end(req.instance_uuid.lower(),
+                              result.state if isinstance(result, Answer) else result)
         return ran
 
     def _peek(self, req: Request, ctx: Context | None = None) -> dict[str, Any]:
@@ -293,6 +294,9 @@ class Dispatcher:
                  args: dict[str, Any], result: Any = None,
                  error: BaseException | None = None) -> list[Outgoing]:
         out: list[Outgoing] = []
+        reply = result
+        if isinstance(result, Answer):
+            result, reply = result.state, result.reply
         if method.action:
             # An error event still says what state the instance is in now.
             state = result if isinstance(result, dict) else self._peek(req)
@@ -304,7 +308,7 @@ class Dispatcher:
             if error is None and state.get("vm_state") == "deleted" and req.instance_uuid:
                 self.answers.remember(req.instance_uuid.lower(), None)
         if req.is_call:
-            out.append(self.answers.reply(req, result, error))
+            out.append(self.answers.reply(req, reply, error))
         return out
 
     def _reject(self, record: InFlight, exc: BadMessage) -> None:

@@ -14,6 +14,15 @@ Handler = Callable[[Context, dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A handler's result when a call's reply is not the instance state its event needs
+    (attach_interface answers nova's VIF, its event says the instance's state)."""
+
+    state: dict[str, Any]
+    reply: Any
+
+
+@dataclass(frozen=True)
 class Method:
     """One RPC method: its handler and how the dispatcher treats it."""
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from lxml import etree
 
 from worker.errors import UnsafePath
-from worker.virt import disk_xml
+from worker.virt import disk_xml, interface_xml
 from worker.virt.disk_xml import DiskSpec
+from worker.virt.interface_xml import InterfaceSpec
 
 # libvirt and QEMU use a domain's name as a file name in their own state
 # directories: ".." there once made libvirtd delete entries of its state
@@ -41,6 +42,8 @@ class DomainSpec:
     #: Disks in target order. A bare path is a qcow2 file on virtio named vda, vdb, ...
     #: by its place (already checked to be inside instances_path).
     disks: tuple[str | DiskSpec, ...] = ()
+    #: Network interfaces (VIFs), in order; their elements come last in <devices>.
+    interfaces: tuple[InterfaceSpec, ...] = ()
 
     def disk_specs(self) -> tuple[DiskSpec, ...]:
         """disks with bare paths made into DiskSpecs."""
@@ -86,6 +89,8 @@ def domain(spec: DomainSpec) -> etree._Element:
         devices.append(disk_xml.disk(spec_disk))
     if any(d.bus == "scsi" for d in disks):
         devices.append(disk_xml.scsi_controller())
+    for spec_interface in spec.interfaces:
+        devices.append(interface_xml.interface(spec_interface))
     return root
 
 

@@ -261,3 +261,31 @@ class Hypervisor:
                     "memory_mb": memory_mb, "vcpus": cpus, "cpu_mhz": mhz,
                     "hypervisor_version": conn.getVersion(),
                     "libvirt_version": conn.getLibVersion()}
+
+    # --- network filters (nwfilter) -------------------------------------------------
+
+    def define_nwfilter(self, xml: str) -> None:
+        """Define (or redefine) an nwfilter from XML."""
+        with self.calls() as conn:
+            conn.nwfilterDefineXML(xml)
+
+    def has_nwfilter(self, name: str) -> bool:
+        """True when an nwfilter of this name is defined."""
+        with self.calls() as conn:
+            return name in conn.listNWFilters()
+
+    def undefine_nwfilter(self, name: str) -> bool:
+        """Remove the nwfilter name; False when there was none."""
+        with self.calls() as conn:
+            if name not in conn.listNWFilters():
+                return False
+            conn.nwfilterLookupByName(name).undefine()
+            return True
+
+    def nwfilter_bindings(self) -> list[tuple[str, str]]:
+        """(port device, filter) of every nwfilter binding: the filters in force now."""
+        with self.calls() as conn:
+            found = []
+            for binding in conn.listAllNWFilterBindings(0):
+                found.append((str(binding.portDev()), str(binding.filterName())))
+            return found
