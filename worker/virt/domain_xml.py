@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from worker.errors import UnsafePath
-from worker.virt import disk_xml
+from worker.virt import console_xml, disk_xml
 from worker.virt.disk_xml import DiskSpec
 
 # libvirt and QEMU use a domain's name as a file name in their own state
@@ -41,6 +41,11 @@ class DomainSpec:
     #: Disks in target order. A bare path is a qcow2 file on virtio named vda, vdb, ...
     #: by its place (already checked to be inside instances_path).
     disks: tuple[str | DiskSpec, ...] = ()
+    #: Where the serial console is logged (instances_path/<uuid>/console.log); None: no
+    #: serial console.
+    console_log: str | None = None
+    #: The address the domain's VNC server listens on; None: no VNC.
+    vnc_listen: str | None = None
 
     def disk_specs(self) -> tuple[DiskSpec, ...]:
         """disks with bare paths made into DiskSpecs."""
@@ -86,6 +91,10 @@ def domain(spec: DomainSpec) -> etree._Element:
         devices.append(disk_xml.disk(spec_disk))
     if any(d.bus == "scsi" for d in disks):
         devices.append(disk_xml.scsi_controller())
+    if spec.console_log is not None:
+        devices.extend(console_xml.serial_console(spec.console_log))
+    if spec.vnc_listen is not None:
+        devices.append(console_xml.vnc(spec.vnc_listen))
     return root
 
 
