@@ -5,7 +5,7 @@ The service hands TABLE to its dispatcher, as oslo hands endpoints to its own.
 
 from __future__ import annotations
 
-from handlers import build, lifecycle, power, queries, snapshots, volumes
+from handlers import build, consoles, lifecycle, power, queries, rescue, snapshots, volumes
 from worker.core.methods import Method, MethodTable
 
 #: The RPC API version this table serves (oslo rules: same major, minor not higher).
@@ -32,6 +32,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("get_instance_info", queries.get_instance_info, None, mutating=False,
            ordered=False),
     Method("list_instances", queries.list_instances, None, mutating=False, ordered=False),
+    Method("rescue_instance", rescue.rescue_instance, "rescue"),
+    Method("unrescue_instance", rescue.unrescue_instance, "unrescue"),
+    Method("get_console_output", consoles.get_console_output, None, mutating=False,
+           ordered=False),
+    Method("get_vnc_console", consoles.get_vnc_console, None, mutating=False, ordered=False),
+    Method("get_serial_console", consoles.get_serial_console, None, mutating=False,
+           ordered=False),
 )}
 #: What the service hands its dispatcher.
 TABLE = MethodTable(API_VERSION, METHODS)
