@@ -26,7 +26,8 @@ from worker.service import Service
 
 pytestmark = pytest.mark.e2e
 PROXY = "http://proxy.example.org:6080/vnc_auto.html"
-GUEST, RESCUE = "guest-image", "rescue-image"
+# The rescue image is named by a UUID: nova's rescue_image_ref is a UUIDField (glance ids).
+GUEST, RESCUE = "guest-image", "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
 GUEST_MARKER, RESCUE_MARKER = "own guest up", "rescue guest up"
 
 

@@ -21,7 +21,8 @@ from worker.service import Service
 from worker.virt import image_cache
 
 pytestmark = pytest.mark.integration
-IMAGE, RESCUE_IMAGE = "image-1", "rescue-1"
+# The rescue image is named by a UUID: nova's rescue_image_ref is a UUIDField (glance ids).
+IMAGE, RESCUE_IMAGE = "image-1", "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
 
 
 @pytest.fixture
