@@ -1,8 +1,8 @@
 """rescue_instance and unrescue_instance: boot from a rescue image, then put it all back.
 
-Rescue saves the domain's definition (inactive XML) as ``unrescue.xml``,
-makes ``disk.rescue`` (an overlay on the rescue image, through the image
-cache), powers off (cleanly if asked), defines the rescue definition
+Rescue makes ``disk.rescue`` (an overlay on the rescue image, through the
+image cache), saves the domain's definition (inactive XML) as
+``unrescue.xml``, powers off (cleanly if asked), defines the rescue definition
 (``worker/virt/rescue.py``) and starts it. Unrescue powers off, defines the
 saved text again, removes ``disk.rescue``, starts, and removes
 ``unrescue.xml`` last: until then a redelivery finds the instance rescued and
@@ -17,7 +17,7 @@ from __future__ import annotations
 from handlers.common import Args, Result, find_guest, instance_uuid
 from worker import logs
 from worker.core.context import Context
-from worker.errors import InstanceInvalidState, InstanceNotRescuable
+from worker.errors import HypervisorUnavailable, InstanceInvalidState, InstanceNotRescuable
 from worker.virt import images, rescue
 from worker.virt import power_state as ps
 from worker.virt.guest import Guest
@@ -69,21 +69,32 @@ def rescue_instance(ctx: Context, args: Args) -> Result:
         raise InstanceInvalidState("instance is paused: unpause it before a rescue")
     image_id = _rescue_image(ctx, args, uuid)
     directory.mkdir(mode=0o700, exist_ok=True)
-    # The definition as it is now: an unrescue.xml left by an attempt killed before it
-    # redefined the domain was written from this same definition.
-    rescue.save(directory, definition)
-    new = rescue.rescue_definition(definition, uuid, rescue_disk)
-    # The disk is made before the guest goes down: a missing image leaves it running.
+    # The disk is made before anything else: a missing image leaves the guest as it was.
     rescue_disk.unlink(missing_ok=True)
     try:
         cfg = ctx.config
         with ImageCache(cfg.instances_path, cfg.images_path).base(image_id) as base:
             images.root_disk(rescue_disk, 0, base.path, base.fmt, cow=cfg.use_cow_images)
     except Exception:
-        (directory / rescue.UNRESCUE_XML).unlink(missing_ok=True)
+        rescue_disk.unlink(missing_ok=True)
         raise
+    # The definition as it is now: an unrescue.xml left by an attempt killed before it
+    # redefined the domain was written from this same definition.
+    rescue.save(directory, definition)
+    new = rescue.rescue_definition(definition, uuid, rescue_disk)
+    was_active = guest.is_active()
     _power_off(ctx, guest, bool(args.get("clean_shutdown", True)))
-    ctx.hypervisor.define(new)
+    try:
+        ctx.hypervisor.define(new)
+    except HypervisorUnavailable:
+        raise  # retried: the retry finds the marker and the definition as they are
+    except Exception:
+        # libvirt refused the rescue definition: the instance is its own again.
+        (directory / rescue.UNRESCUE_XML).unlink(missing_ok=True)
+        rescue_disk.unlink(missing_ok=True)
+        if was_active:
+            guest.start()
+        raise
     guest.start()
     log.info("instance_rescued", uuid=uuid, rescue_image=image_id)
     return _rescued(guest)
