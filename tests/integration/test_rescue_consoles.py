@@ -148,7 +148,8 @@ def test_rescuing_a_rescued_instance_and_unrescuing_a_normal_one_succeed_and_cha
 
 
 @pytest.mark.parametrize(("image_ref", "rescue_ref", "error"), [
-    (None, None, "InstanceNotRescuable"), (IMAGE, "not-there", "ImageNotFound")])
+    (None, None, "InstanceNotRescuable"),
+    (IMAGE, "00000000-0000-4000-8000-000000000000", "ImageNotFound")])
 def test_a_rescue_without_a_usable_image_fails_with_the_instance_untouched(
         worker: Service, rpc: RpcClient, tap: EventTap, cfg: Config, built: list[str],
         store: Path, image_ref: str | None, rescue_ref: str | None, error: str) -> None:
