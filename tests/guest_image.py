@@ -16,6 +16,10 @@ real-mode code that SeaBIOS loads at 0x7c00, does just that:
    write and emits DEVICE_DELETED, which libvirt turns into its
    device-removed event; a second slot goes on the next tick (~55 ms).
 
+Boot it on TCG (domain type ``qemu``, ``GUEST_DOMAIN_TYPE``): on this kind of
+host KVM is nested (``kvm_pvm``) and SeaBIOS takes 7-9 s to reach the boot
+sector there, against 0.3-1 s on TCG; the loop itself costs nothing either way.
+
 What it does not do: no ACPI tables are read and no ACPI event is handled, so
 it ignores the power button (``shutdown()`` is never answered, only
 ``destroy()`` stops it); it acks hot-unplug on the root bus only (not behind a
@@ -31,6 +35,8 @@ from pathlib import Path
 
 #: A marker tests look for on the guest's serial console.
 GUEST_MARKER = "compute-worker test guest up"
+#: libvirt domain type to boot it with: TCG, which starts SeaBIOS about ten times faster here.
+GUEST_DOMAIN_TYPE = "qemu"
 #: Longest marker accepted; the code is about 100 bytes of the 510 free.
 MARKER_MAX = 64
 #: Size of the raw image (sparse past the boot sector).
