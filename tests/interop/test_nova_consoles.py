@@ -13,7 +13,7 @@ import pytest
 from lxml import etree
 
 from tests.domains import QEMU_URI, connection, remove_domains
-from tests.guest_image import make_guest_image
+from tests.guest_image import GUEST_DOMAIN_TYPE, make_guest_image
 from tests.helpers import check_event
 from tests.interop.nova import EXCHANGE, HOST, nova_context
 from tests.taps import EventTap
@@ -26,9 +26,10 @@ GUEST, RESCUE = "guest-image", "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
 
 
 @pytest.fixture
-def cfg(make_config: Callable[..., Config], domain_type: str) -> Config:
-    """A worker on nova's exchange and host, on QEMU, with the two guest images stored."""
-    config = make_config(virt_type=domain_type, shutdown_timeout=1, control_exchange=EXCHANGE,
+def cfg(make_config: Callable[..., Config]) -> Config:
+    """A worker on nova's exchange and host, on QEMU (TCG: the test guest boots faster there),
+    with the two guest images stored."""
+    config = make_config(virt_type=GUEST_DOMAIN_TYPE, shutdown_timeout=1, control_exchange=EXCHANGE,
                          host=HOST)
     store = Path(config.images_path)
     store.mkdir(parents=True)
