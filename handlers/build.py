@@ -17,7 +17,7 @@ from worker import logs
 from worker.codec import nova_objects
 from worker.core.context import Context
 from worker.errors import DevicePathInUse, HypervisorUnavailable, InstanceNotFound, NotSupported
-from worker.virt import domain_xml, images, volumes
+from worker.virt import consoles, domain_xml, images, volumes
 from worker.virt import power_state as ps
 from worker.virt.disk_xml import DiskSpec
 from worker.virt.guest import Guest
@@ -102,7 +102,9 @@ def build_and_run_instance(ctx: Context, args: Args) -> Result:
         spec = domain_xml.DomainSpec(
             name=instance.get("name") or f"instance-{uuid}", uuid=uuid,
             memory_mib=flavor.memory_mb, vcpus=flavor.vcpus, domain_type=domain_type,
-            disks=tuple(disks), interfaces=interfaces)
+            disks=tuple(disks), interfaces=interfaces,
+            console_log=str(directory / consoles.CONSOLE_LOG),
+            vnc_listen=ctx.config.vnc.server_listen)
         xml = domain_xml.to_string(domain_xml.domain(spec))
         # Kept beside the disk, as the original driver did: what was asked for.
         (directory / "libvirt.xml").write_text(xml, encoding="utf-8")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from handlers import (
     build,
+    consoles,
     diagnostics,
     host,
     lifecycle,
     network,
     power,
     queries,
+    rescue,
     snapshots,
     volumes,
 )
@@ -54,6 +56,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("get_available_resource", host.get_available_resource, None, mutating=False,
            ordered=False),
     Method("get_host_uptime", host.get_host_uptime, None, mutating=False, ordered=False),
+    Method("rescue_instance", rescue.rescue_instance, "rescue"),
+    Method("unrescue_instance", rescue.unrescue_instance, "unrescue"),
+    Method("get_console_output", consoles.get_console_output, None, mutating=False,
+           ordered=False),
+    Method("get_vnc_console", consoles.get_vnc_console, None, mutating=False, ordered=False),
+    Method("get_serial_console", consoles.get_serial_console, None, mutating=False,
+           ordered=False),
 )}
 #: What the service hands its dispatcher.
 TABLE = MethodTable(API_VERSION, METHODS)

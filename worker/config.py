@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import math
 import os
+import re
 import socket
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +76,10 @@ class LibvirtOptions:
     use_virtio_for_bridges: bool = _opt(
         True, "interfaces get the virtio model (off: the hypervisor's default model)"
     )
+    rescue_image_id: str = _opt(
+        "", "image (in images_path) a rescue boots when the request names none "
+        "(default: the instance's own image), as nova's"
+    )
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,24 @@ class ImageCacheOptions:
     remove_unused_original_minimum_age_seconds: int = _opt(
         86400, "an unused base image is removed only when unused and older than this",
         minimum=0,
+    )
+
+
+@dataclass(frozen=True)
+class VncOptions:
+    """``[vnc]``: where each instance's VNC server listens and how a console is reached."""
+
+    server_listen: str = _opt(
+        "127.0.0.1", "address the VNC server of every new instance listens on (nova's; "
+        "0.0.0.0 or :: only when set so)"
+    )
+    server_proxyclient_address: str = _opt(
+        "127.0.0.1", "address of this host that a VNC proxy connects to: the host of "
+        "get_vnc_console's answer (nova's)"
+    )
+    novncproxy_base_url: str = _opt(
+        "", "noVNC proxy URL (e.g. http://proxy:6080/vnc_auto.html): get_vnc_console's "
+        "access_url is built on it; empty: access_url is null"
     )
 
 
@@ -226,6 +251,7 @@ class Config:
     notifications: NotificationOptions = field(default_factory=NotificationOptions)
     image_cache: ImageCacheOptions = field(default_factory=ImageCacheOptions)
     worker: WorkerOptions = field(default_factory=WorkerOptions)
+    vnc: VncOptions = field(default_factory=VncOptions)
 
     @property
     def libvirt_uri(self) -> str:
@@ -250,6 +276,7 @@ GROUPS: dict[str, tuple[str, type[Any]]] = {
     "notifications": ("oslo_messaging_notifications", NotificationOptions),
     "image_cache": ("image_cache", ImageCacheOptions),
     "worker": ("compute_worker", WorkerOptions),
+    "vnc": ("vnc", VncOptions),
 }
 
 
@@ -416,3 +443,26 @@ def _check(config: Config) -> None:
         if len(name.encode("utf-8")) > 255:
             raise ConfigError(f"option {option}: makes the AMQP name {name[:40]!r}... longer "
                               "than 255 bytes")
+    _check_vnc(config.vnc)
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _check_vnc(vnc: VncOptions) -> None:
+    """Addresses are IP literals or host names; the proxy URL is http(s) or empty."""
+    for option in ("server_listen", "server_proxyclient_address"):
+        value = getattr(vnc, option)
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if not _HOSTNAME.fullmatch(value):
+                raise ConfigError(f"option {option}: {value!r:.80} is neither an IP address "
+                                  "nor a host name") from None
+    url = vnc.novncproxy_base_url
+    if url:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.fragment:
+            raise ConfigError(f"option novncproxy_base_url: {url!r:.80} is not an http(s) "
+                              "URL without a fragment")

@@ -158,6 +158,39 @@ class DeviceDetachFailed(WorkerError):
     wire_module = NOVA
 
 
+# --- consoles and rescue, under nova's names ------------------------------
+
+
+class ConsoleTypeInvalid(WorkerError):
+    """A console type this verb does not serve (get_vnc_console of anything but novnc)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+    def __init__(self, console_type: object) -> None:
+        super().__init__(f"Invalid console type {console_type}")  # nova's wording
+
+
+class ConsoleTypeUnavailable(WorkerError):
+    """The instance has no console of that type (or it does not listen)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+    def __init__(self, console_type: object) -> None:
+        super().__init__(f"Unavailable console type {console_type}.")  # nova's wording
+
+
+class InstanceNotRescuable(WorkerError):
+    """The instance cannot be rescued (no image to rescue it from)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+    def __init__(self, uuid: str, reason: str) -> None:
+        super().__init__(f"Instance {uuid} cannot be rescued: {reason}")  # nova's wording
+
+
 class InsufficientStorage(WorkerError):
     """Not enough free space where the worker would write (checked before writing)."""
 

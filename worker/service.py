@@ -42,7 +42,8 @@ class Service:
         self.paths = InstancePaths(cfg.instances_path)
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.hypervisor = Hypervisor(cfg.libvirt_uri, on_close=self._libvirt_lost,
-                                     on_lifecycle=self._lifecycle)
+                                     on_lifecycle=self._lifecycle,
+                                     instances_path=str(self.paths.root))
         # A signed message may be replayed within signature_max_age: its id
         # must still be known then, however many others came since.
         self.journal = Journal(cfg.state_dir, max_entries=cfg.worker.journal_max_entries,

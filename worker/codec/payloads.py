@@ -27,6 +27,7 @@ VERSIONS = {
     "AuditPeriodPayload": "1.0", "FlavorPayload": "1.4", "ExceptionPayload": "1.1",
     "ServiceStatusPayload": "1.1", "RpcRejectPayload": "1.0",
     "InstanceActionVolumePayload": "1.7", "InstanceActionSnapshotPayload": "1.10",
+    "InstanceActionRescuePayload": "1.4",
 }
 #: Where compute-worker adds to a nova payload: beside nova_object.data, where nova's
 #: deserializer never looks, so nova's class still accepts the payload as it is.
@@ -163,6 +164,10 @@ def _action_class(action: str, args: dict[str, Any]) -> tuple[str, dict[str, Any
     if action == "snapshot":
         return "InstanceActionSnapshotPayload", {
             "snapshot_image_id": _text_arg(args, "image_id")}
+    if action == "rescue":
+        # As nova's manager sends it: the image the request named (null: the default one).
+        return "InstanceActionRescuePayload", {
+            "rescue_image_ref": _text_arg(args, "rescue_image_ref")}
     return "InstanceActionPayload", {}
 
 

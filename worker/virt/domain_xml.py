@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from worker.errors import UnsafePath
-from worker.virt import disk_xml, interface_xml
+from worker.virt import console_xml, disk_xml, interface_xml
 from worker.virt.disk_xml import DiskSpec
 from worker.virt.interface_xml import InterfaceSpec
 
@@ -44,6 +44,11 @@ class DomainSpec:
     disks: tuple[str | DiskSpec, ...] = ()
     #: Network interfaces (VIFs), in order; their elements come last in <devices>.
     interfaces: tuple[InterfaceSpec, ...] = ()
+    #: Where the serial console is logged (instances_path/<uuid>/console.log); None: no
+    #: serial console.
+    console_log: str | None = None
+    #: The address the domain's VNC server listens on; None: no VNC.
+    vnc_listen: str | None = None
 
     def disk_specs(self) -> tuple[DiskSpec, ...]:
         """disks with bare paths made into DiskSpecs."""
@@ -91,6 +96,10 @@ def domain(spec: DomainSpec) -> etree._Element:
         devices.append(disk_xml.scsi_controller())
     for spec_interface in spec.interfaces:
         devices.append(interface_xml.interface(spec_interface))
+    if spec.console_log is not None:
+        devices.extend(console_xml.serial_console(spec.console_log))
+    if spec.vnc_listen is not None:
+        devices.append(console_xml.vnc(spec.vnc_listen))
     return root
 
 

@@ -23,6 +23,9 @@ class Guard(Protocol):
               conn: libvirt.virConnect | None = None) -> AbstractContextManager[None]:
         """Map libvirt errors raised inside the block (calls made on conn)."""
 
+    def rescued(self, uuid: str) -> bool:
+        """True while the instance is rescued (its saved definition exists)."""
+
 
 @dataclass(frozen=True)
 class DiskFile:
@@ -96,8 +99,14 @@ class Guest:
         return str(self._call(self._dom.XMLDesc, flags))
 
     def describe(self) -> dict[str, Any]:
-        """What an event says of an instance now: uuid, name, power_state, vm_state."""
+        """What an event says of an instance now: uuid, name, power_state, vm_state.
+
+        A rescued instance is *rescued* whatever its power state, as nova keeps it.
+        """
         current = self.power_state()
+        if self._owner.rescued(self.uuid):
+            return {"uuid": self.uuid, "name": self.name, "power_state": current,
+                    "vm_state": "rescued"}
         saved = current == power_state.SHUTDOWN and self.has_managed_save()
         return {"uuid": self.uuid, "name": self.name, "power_state": current,
                 "vm_state": power_state.vm_state(current, saved)}

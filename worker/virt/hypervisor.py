@@ -6,13 +6,14 @@ import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import libvirt
 
 from worker import logs
 from worker.errors import HypervisorUnavailable, WorkerError
-from worker.virt import lifecycle
+from worker.virt import lifecycle, rescue
 from worker.virt.errors import libvirt_errors
 from worker.virt.guest import Guest
 from worker.virt.lifecycle import LifecycleEvent
@@ -78,8 +79,12 @@ class Hypervisor:
         read_only: bool = False,
         on_lifecycle: LifecycleCallback | None = None,
         on_close: Callable[[str], None] | None = None,
+        instances_path: str | None = None,
     ) -> None:
+        """instances_path: where rescued instances keep their saved definition (none:
+        no instance is ever seen as rescued)."""
         self.uri = uri
+        self._instances = Path(instances_path) if instances_path else None
         self.read_only = read_only
         self._on_lifecycle = on_lifecycle
         self._on_close = on_close
@@ -235,6 +240,12 @@ class Hypervisor:
             yield conn
 
     # --- domains -----------------------------------------------------------
+
+    def rescued(self, uuid: str) -> bool:
+        """True while instance uuid is rescued: its saved definition exists (a stat)."""
+        # uuid comes from libvirt or a checked message: a canonical UUID, one path part.
+        return self._instances is not None and _CANONICAL_UUID.fullmatch(uuid) is not None \
+            and (self._instances / uuid.lower() / rescue.UNRESCUE_XML).is_file()
 
     def guest(self, uuid: str) -> Guest:
         """The domain with this UUID; InstanceNotFound when there is none."""

@@ -46,6 +46,12 @@ def cache_name(image_id: str) -> str:
     return hashlib.sha1(image_id.encode("utf-8")).hexdigest()
 
 
+def _not_a_disk(name: str) -> bool:
+    """Files of an instance that are no disk: its XML, and its console logs, whose every
+    byte the guest wrote (a qcow2 header printed there must not name a base as in use)."""
+    return name in ("libvirt.xml", "unrescue.xml") or name.startswith("console.log")
+
+
 @dataclass(frozen=True)
 class Base:
     """A cached base image: its path, its format, and its virtual size in bytes."""
@@ -168,7 +174,7 @@ class ImageCache:
             if directory.name == BASE_DIR or not directory.is_dir() or directory.is_symlink():
                 continue
             for disk in directory.iterdir():
-                if not disk.is_file() or disk.is_symlink() or disk.name == "libvirt.xml":
+                if not disk.is_file() or disk.is_symlink() or _not_a_disk(disk.name):
                     continue
                 try:
                     # -U: a running QEMU holds its disks locked; -f: never probe a guest's disk.
