@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from handlers.common import Args, Result, find_guest, instance_uuid
+from handlers.common import Args, Result, find_guest, instance_uuid, unplug_live
 from worker import logs
 from worker.core.context import Context
 from worker.core.methods import Answer
@@ -195,24 +195,7 @@ def _still_plugged(guest: Guest, alias: str) -> bool:
 
 def _unplug(ctx: Context, guest: Guest, alias: str) -> None:
     """Unplug the live interface with nova's retries; InterfaceDetachFailed after the last."""
-    attempts = ctx.config.libvirt.device_detach_attempts
-    timeout = ctx.config.libvirt.device_detach_timeout
-    outcome: str | None = None
-    for attempt in range(1, attempts + 1):
-        # Watch before asking: the event can come before the request returns.
-        with ctx.hypervisor.watch_removal(guest.uuid, alias) as removal:
-            try:
-                guest.request_unplug(alias)
-            except HypervisorError:
-                if not _still_plugged(guest, alias):
-                    return
-                raise
-            outcome = removal.wait(timeout)
-        if outcome == "removed" or not _still_plugged(guest, alias):
-            return
-        log.warning("interface_detach_attempt_failed", alias=alias, attempt=attempt,
-                    attempts=attempts, outcome=outcome or "timeout")
-    reason = ("the guest refused to release it" if outcome == "failed"
-              else f"the guest did not release it within {timeout:g} s")
-    raise InterfaceDetachFailed(f"Failed to detach network adapter device from "
-                                f"{guest.uuid}: {reason} ({attempts} attempts)")
+    failed = unplug_live(ctx, guest, alias, lambda: _still_plugged(guest, alias))
+    if failed is not None:
+        raise InterfaceDetachFailed(f"Failed to detach network adapter device from "
+                                    f"{guest.uuid}: {failed}")

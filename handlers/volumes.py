@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.common import Args, Result, find_guest, instance_uuid
+from handlers.common import Args, Result, find_guest, instance_uuid, unplug_live
 from worker import logs
 from worker.core.context import Context
 from worker.errors import (
     DeviceDetachFailed,
     DevicePathInUse,
-    HypervisorError,
     InstanceInvalidState,
     InvalidVolume,
     NotSupported,
@@ -275,24 +274,7 @@ def _unplug(ctx: Context, guest: Guest, volume: str, disk: Any) -> None:
     if name is None:
         raise DeviceDetachFailed(f"Device detach failed for {volume}: the running domain "
                                  "names no alias for its disk")
-    attempts = ctx.config.libvirt.device_detach_attempts
-    timeout = ctx.config.libvirt.device_detach_timeout
-    outcome: str | None = None
-    for attempt in range(1, attempts + 1):
-        # Watch before asking: the event can come before the request returns.
-        with ctx.hypervisor.watch_removal(guest.uuid, name) as removal:
-            try:
-                guest.request_unplug(name)
-            except HypervisorError:
-                if not _still_plugged(guest, volume):
-                    return  # it went between our look and the request
-                raise
-            outcome = removal.wait(timeout)
-        if outcome == "removed" or not _still_plugged(guest, volume):
-            return
-        log.warning("volume_detach_attempt_failed", volume_id=volume, alias=name,
-                    attempt=attempt, attempts=attempts, outcome=outcome or "timeout")
-    reason = ("the guest refused to release it" if outcome == "failed"
-              else f"the guest did not release it within {timeout:g} s")
-    raise DeviceDetachFailed(f"Device detach failed for {name}: {reason} "
-                             f"({attempts} attempts)")
+    failed = unplug_live(ctx, guest, name, lambda: _still_plugged(guest, volume),
+                         volume_id=volume)
+    if failed is not None:
+        raise DeviceDetachFailed(f"Device detach failed for {name}: {failed}")
