@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,16 @@ def test_names_too_long_for_amqp_are_refused_at_start(option: str) -> None:
     with pytest.raises(ConfigError, match=f"option {option}: .*longer than 255 bytes"):
         config.load(overrides={option: "n" * 256}, environ={})
     config.load(overrides={option: "n" * 150}, environ={})  # long, but every name still fits
+
+
+def test_every_option_the_example_config_shows_is_one_the_worker_reads(tmp_path: Path) -> None:
+    """The example, every commented option switched on (host aside), loads without a word."""
+    example = Path(__file__).parents[2] / "systemd" / "compute-worker.conf.example"
+    text = re.sub(r"^#([a-z_]+ =)", r"\1", example.read_text(encoding="utf-8"), flags=re.M)
+    path = tmp_path / "all.conf"
+    path.write_text(text.replace("\nhost =\n", "\n"), encoding="utf-8")
+
+    cfg = config.load(str(path), environ={})
+
+    assert ("physnet1:br-ex", 2400) == (cfg.worker.bridge_mappings,
+                                        cfg.image_cache.manager_interval)
