@@ -407,3 +407,47 @@ def test_plumbing_removes_only_the_taps_and_bridges_it_made(
     assert 3 == plumb.unplug_all(uid)
     assert {theirs: "tun"} == links(net.prefix)
     assert [] == plumb.recorded(uid)
+
+
+@pytest.fixture
+def libvirt_network(qemu: libvirt.virConnect, net: Net) -> Iterator[str]:
+    """An isolated libvirt network (no IP, so no dnsmasq) on a bridge under the test's prefix."""
+    name = f"cw-test-{net.prefix}"
+    root = etree.Element("network")
+    etree.SubElement(root, "name").text = name
+    etree.SubElement(root, "bridge", name=net.name("ln"), stp="off")
+    network = qemu.networkCreateXML(etree.tostring(root, encoding="unicode"))
+    yield name
+    network.destroy()  # transient: gone with its bridge
+
+
+def test_a_network_vif_joins_a_libvirt_network_and_keeps_other_subnet_hosts_out(
+        net: Net, net_cfg: Callable[..., Config], start: Callable[[Config], Worker],
+        qemu: libvirt.virConnect, domains: list[str], libvirt_network: str) -> None:
+    """type network: libvirt's own network by name; allow_same_net_traffic off: the filter
+    accepts the gateway and drops the rest of the subnet; terminate removes the filter and
+    leaves the network (the worker did not make it)."""
+    worker = start(net_cfg(allow_same_net_traffic=False))
+    vm = Vm.new(NAME_PREFIX)
+    domains.append(vm.uuid)
+    port = net.port()
+    entry = vif(port, net.name("n1"), "network", bridge=libvirt_network)
+    worker.cast("build_and_run_instance", {"instance": {"uuid": vm.uuid, "name": vm.name,
+                                                        "memory_mb": 64},
+                                           "network_info": [entry]})
+    assert "running" == worker.end(vm.uuid, "create")["power_state"]
+
+    (only,) = interfaces(qemu, vm.uuid)
+    assert ("network", libvirt_network, f"compute-worker-{port}", ["10.9.0.5"]) == (
+        only.get("type"), only.find("source").get("network"),
+        only.find("filterref").get("filter"), facts(only)["ips"])
+    rules = etree.fromstring(qemu.nwfilterLookupByName(f"compute-worker-{port}").XMLDesc())
+    assert [("accept", "10.9.0.1", "32"), ("drop", "10.9.0.0", "24")] == [
+        (r.get("action"), r.find("ip").get("srcipaddr"), r.find("ip").get("srcipmask"))
+        for r in rules.iterfind("rule")]
+    assert f"compute-worker-{port}" in bindings().values()
+
+    worker.cast("terminate_instance", {"instance": {"uuid": vm.uuid}})
+    worker.end(vm.uuid, "delete")
+    assert f"compute-worker-{port}" not in filters(qemu)
+    assert libvirt_network in qemu.listNetworks()
