@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.domains import TEST_URI, domain_state, remove_domains, state_of
+from tests.domains import TEST_URI, domain_state, state_of
 from tests.helpers import check_event
 from tests.taps import EventTap
 from worker.amqp.client import RemoteError, RpcClient
@@ -24,14 +23,6 @@ from worker.virt import image_cache, images
 from worker.virt.image_cache import ImageCache
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def built() -> Iterator[list[str]]:
-    """UUIDs of instances a test builds; their domains are removed afterwards."""
-    made: list[str] = []
-    yield made
-    remove_domains(TEST_URI, made)
 
 
 def _build(rpc: RpcClient, cfg: Config, made: list[str], **instance: Any) -> str:

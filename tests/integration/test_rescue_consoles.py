@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.domains import TEST_URI, remove_domains, state_of
+from tests.domains import TEST_URI, state_of
 from tests.helpers import check_event
 from tests.taps import EventTap
 from worker.amqp.client import RemoteError, RpcClient
@@ -23,14 +22,6 @@ from worker.virt import image_cache
 pytestmark = pytest.mark.integration
 # The rescue image is named by a UUID: nova's rescue_image_ref is a UUIDField (glance ids).
 IMAGE, RESCUE_IMAGE = "image-1", "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
-
-
-@pytest.fixture
-def built() -> Iterator[list[str]]:
-    """UUIDs of instances a test builds; their domains are removed afterwards."""
-    made: list[str] = []
-    yield made
-    remove_domains(TEST_URI, made)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.domains import TEST_URI, domain_state, remove_domains
+from tests.domains import TEST_URI, domain_state
 from tests.helpers import check_event
 from tests.taps import EventTap
 from worker.amqp.client import RemoteError, RpcClient
@@ -31,14 +31,6 @@ from worker.virt.image_cache import ImageCache, cache_name
 pytestmark = pytest.mark.integration
 Logs = list[MutableMapping[str, Any]]
 IMAGE = "debian-12"
-
-
-@pytest.fixture
-def built() -> Iterator[list[str]]:
-    """UUIDs of instances a test builds; their domains are removed afterwards."""
-    made: list[str] = []
-    yield made
-    remove_domains(TEST_URI, made)
 
 
 @pytest.fixture

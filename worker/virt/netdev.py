@@ -56,14 +56,14 @@ def kind(name: str) -> str | None:
         return None if info is None else info.get_attr("IFLA_INFO_KIND")
 
 
-def make_tap(name: str) -> bool:
-    """Create the persistent tap name and set it up; False when it was already there."""
-    with _netlink(f"create tap {name}") as ipr:
+def _make_link(name: str, what: str, **kind: str) -> bool:
+    """Create link name of kind and set it up; False when it was already there."""
+    with _netlink(f"create {what} {name}") as ipr:
         # Looked up first: adding a tuntap that exists attaches to it rather than failing.
         made = _index(ipr, name) is None
         if made:
             try:
-                ipr.link("add", ifname=name, kind="tuntap", mode="tap")
+                ipr.link("add", ifname=name, **kind)
             except NetlinkError as exc:
                 if exc.code != _EEXIST:
                     raise
@@ -71,6 +71,12 @@ def make_tap(name: str) -> bool:
         index = _index(ipr, name)
         if index is not None:
             ipr.link("set", index=index, state="up")
+    return made
+
+
+def make_tap(name: str) -> bool:
+    """Create the persistent tap name and set it up; False when it was already there."""
+    made = _make_link(name, "tap", kind="tuntap", mode="tap")
     if made:
         log.info("tap_created", devname=name)
     return made
@@ -78,19 +84,7 @@ def make_tap(name: str) -> bool:
 
 def make_bridge(name: str) -> bool:
     """Create bridge name and set it up; False when it was already there."""
-    with _netlink(f"create bridge {name}") as ipr:
-        # Looked up first: adding a tuntap that exists attaches to it rather than failing.
-        made = _index(ipr, name) is None
-        if made:
-            try:
-                ipr.link("add", ifname=name, kind="bridge")
-            except NetlinkError as exc:
-                if exc.code != _EEXIST:
-                    raise
-                made = False  # made by someone else just now
-        index = _index(ipr, name)
-        if index is not None:
-            ipr.link("set", index=index, state="up")
+    made = _make_link(name, "bridge", kind="bridge")
     if made:
         log.info("bridge_created", bridge=name)
     return made
