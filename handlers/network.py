@@ -59,10 +59,13 @@ def plug_for_build(ctx: Context, uuid: str, found: list[Vif]) -> tuple[Interface
     return tuple(plumb.interface(plumb.plug(uuid, vif)) for vif in found)
 
 
-def unplug_all(ctx: Context, uuid: str) -> None:
-    """Remove every tap, filter and emptied bridge the worker made for uuid; best effort."""
+def unplug_all(ctx: Context, uuid: str, *, keep_record: bool = False) -> None:
+    """Remove every tap, filter and emptied bridge the worker made for uuid; best effort.
+
+    keep_record: the instance moved to a host that shares its directory (and record).
+    """
     try:
-        count = plumbing(ctx).unplug_all(uuid)
+        count = plumbing(ctx).unplug_all(uuid, keep_record=keep_record)
     except WorkerError as exc:
         log.error("vifs_not_unplugged", uuid=uuid, error=exc.message[:200])
         return

@@ -11,6 +11,9 @@ from handlers import (
     diagnostics,
     host,
     lifecycle,
+    migration,
+    migration_checks,
+    migration_dest,
     network,
     power,
     queries,
@@ -63,6 +66,26 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("get_vnc_console", consoles.get_vnc_console, None, mutating=False, ordered=False),
     Method("get_serial_console", consoles.get_serial_console, None, mutating=False,
            ordered=False),
+    # Live migration, in nova's order. The checks are calls that change nothing; the
+    # destination's asks the source's.
+    Method("check_can_live_migrate_destination",
+           migration_checks.check_can_live_migrate_destination, None, mutating=False),
+    Method("check_can_live_migrate_source", migration_checks.check_can_live_migrate_source,
+           None, mutating=False),
+    # Its events are its phases (post or rollback), sent as they happen; its result is the
+    # instance's state here after (gone, or running still) for the state watch.
+    Method("live_migration", migration.live_migration, None, tracks_state=True),
+    Method("pre_live_migration", migration_dest.pre_live_migration, "live_migration_pre"),
+    Method("post_live_migration_at_destination",
+           migration_dest.post_live_migration_at_destination, "live_migration_post_dest"),
+    Method("rollback_live_migration_at_destination",
+           migration_dest.rollback_live_migration_at_destination,
+           "live_migration_rollback_dest"),
+    # They act on the job live_migration watches, which holds the instance's line.
+    Method("live_migration_abort", migration.live_migration_abort, "live_migration_abort",
+           ordered=False),
+    Method("live_migration_force_complete", migration.live_migration_force_complete,
+           "live_migration_force_complete", ordered=False),
 )}
 #: What the service hands its dispatcher.
 TABLE = MethodTable(API_VERSION, METHODS)

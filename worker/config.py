@@ -80,6 +80,38 @@ class LibvirtOptions:
         "", "image (in images_path) a rescue boots when the request names none "
         "(default: the instance's own image), as nova's"
     )
+    live_migration_scheme: str = _opt(
+        "", "scheme of the destination's libvirt URI for live migration "
+        "(qemu+<scheme>://<addr>/system; default tcp), as nova's"
+    )
+    live_migration_inbound_addr: str = _opt(
+        "", "address other hosts reach this host's libvirt and QEMU at for live migration "
+        "(default: the host name), as nova's"
+    )
+    live_migration_uri: str = _opt(
+        "", "old form of the two above: a URI template with %s for the destination "
+        "(qemu+tcp://%s/system); overrides live_migration_scheme, as nova's"
+    )
+    live_migration_bandwidth: int = _opt(
+        0, "most MiB/s a live migration may use (0: no limit), as nova's", minimum=0
+    )
+    live_migration_completion_timeout: int = _opt(
+        800, "seconds per GiB of guest memory and copied disk a live migration may take "
+        "before live_migration_timeout_action (0: no limit), as nova's", minimum=0
+    )
+    live_migration_timeout_action: str = _opt(
+        "abort", "what a live migration past its completion timeout does: abort it, or "
+        "force_complete (pause the guest so the copy converges), as nova's",
+        choices=("abort", "force_complete"),
+    )
+    live_migration_permit_unsafe: bool = _opt(
+        False, "let libvirt migrate disks it cannot prove shared (VIR_MIGRATE_UNSAFE): for "
+        "hosts that share one page cache (one machine) or storage you vouch for"
+    )
+    live_migration_progress_interval: float = _opt(
+        5.0, "seconds between instance.live_migration.progress events (ours) while a "
+        "migration runs", minimum=0.1
+    )
 
 
 @dataclass(frozen=True)
@@ -147,6 +179,16 @@ class VncOptions:
     novncproxy_base_url: str = _opt(
         "", "noVNC proxy URL (e.g. http://proxy:6080/vnc_auto.html): get_vnc_console's "
         "access_url is built on it; empty: access_url is null"
+    )
+
+
+@dataclass(frozen=True)
+class WorkaroundsOptions:
+    """``[workarounds]``: nova's switches for hosts where a check gets it wrong."""
+
+    skip_cpu_compare_on_dest: bool = _opt(
+        False, "the destination of a live migration does not compare the source's CPU with "
+        "its own (nested hosts report their own CPU incompatible), as nova's"
     )
 
 
@@ -246,12 +288,21 @@ class Config:
     allow_same_net_traffic: bool = _opt(
         True, "instances on one subnet may reach each other (off: only the gateway may)"
     )
+    rpc_response_timeout: float = _opt(
+        60.0, "seconds a call to another host's worker waits for its reply, as oslo's",
+        minimum=1
+    )
+    long_rpc_timeout: float = _opt(
+        1800.0, "seconds the slow calls of a live migration (the checks and "
+        "pre_live_migration) wait for the other host, as nova's", minimum=1
+    )
     libvirt: LibvirtOptions = field(default_factory=LibvirtOptions)
     rabbit: RabbitOptions = field(default_factory=RabbitOptions)
     notifications: NotificationOptions = field(default_factory=NotificationOptions)
     image_cache: ImageCacheOptions = field(default_factory=ImageCacheOptions)
     worker: WorkerOptions = field(default_factory=WorkerOptions)
     vnc: VncOptions = field(default_factory=VncOptions)
+    workarounds: WorkaroundsOptions = field(default_factory=WorkaroundsOptions)
 
     @property
     def libvirt_uri(self) -> str:
@@ -277,6 +328,7 @@ GROUPS: dict[str, tuple[str, type[Any]]] = {
     "image_cache": ("image_cache", ImageCacheOptions),
     "worker": ("compute_worker", WorkerOptions),
     "vnc": ("vnc", VncOptions),
+    "workarounds": ("workarounds", WorkaroundsOptions),
 }
 
 

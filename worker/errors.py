@@ -12,6 +12,8 @@ class WorkerError(Exception):
     expected = True
     #: The module name put in a wire ``failure``; oslo clients read it.
     wire_module = "worker.errors"
+    #: The class name put in a wire ``failure``; None: the class's own.
+    wire_name: str | None = None
     #: Raised before anything changed: the message need not be journaled.
     changes_nothing = False
 
@@ -277,3 +279,92 @@ class InterfaceDetachFailed(WorkerError):
     """The guest did not let go of an interface (nova's InterfaceDetachFailed)."""
 
     wire_module = NOVA
+
+
+# --- live migration, under nova's names (nova.exception) --------------------------------
+
+
+class MigrationPreCheckError(WorkerError):
+    """A host cannot take part in a live migration (nova's MigrationPreCheckError)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Migration pre-check error: {reason}")  # nova's wording
+        self.reason = reason
+
+
+class InvalidCPUInfo(WorkerError):
+    """The destination's CPU cannot run the source's guests (nova's InvalidCPUInfo)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Unacceptable CPU info: {reason}")
+        self.reason = reason
+
+
+class InvalidSharedStorage(WorkerError):
+    """A live migration without block copy, of disks the hosts do not share."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} is not on shared storage: {reason}")
+        self.reason = reason
+
+
+class InvalidLocalStorage(WorkerError):
+    """A block migration of disks the hosts share (nova's InvalidLocalStorage)."""
+
+    changes_nothing = True
+    wire_module = NOVA
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path} is not on local storage: {reason}")
+        self.reason = reason
+
+
+class MigrationError(WorkerError):
+    """A live migration failed after its checks (nova's MigrationError)."""
+
+    wire_module = NOVA
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Migration error: {reason}")
+        self.reason = reason
+
+
+# --- calls to other hosts' workers --------------------------------------------------------
+
+
+class PeerError(WorkerError):
+    """A call to another host's worker did not give an answer."""
+
+
+class PeerTimeout(PeerError):
+    """The other host's worker did not answer in time (oslo's MessagingTimeout)."""
+
+    wire_module = "oslo_messaging.exceptions"
+    wire_name = "MessagingTimeout"
+
+
+class PeerFailed(PeerError):
+    """The other host's worker answered with a failure: sent on under its own class.
+
+    A conductor calling the destination, which called the source, sees the
+    source's refusal (InvalidSharedStorage, say) as nova would have raised it.
+    """
+
+    def __init__(self, host: str, method: str, failure: dict[str, Any]) -> None:
+        message = str(failure.get("message") or "")
+        super().__init__(message)
+        self.host = host
+        self.method = method
+        name = str(failure.get("class") or "RemoteError")
+        # A class name only: it goes on the wire as this error's class.
+        self.wire_name = name if name.isidentifier() else "RemoteError"
+        self.wire_module = str(failure.get("module") or "worker.errors")[:100]

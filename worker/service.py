@@ -11,6 +11,7 @@ from handlers import network
 from handlers.registry import TABLE
 from worker import __version__, logs
 from worker.amqp.consumer import Consumer
+from worker.amqp.peers import AmqpPeers
 from worker.amqp.publisher import Publisher
 from worker.codec import signing
 from worker.config import Config
@@ -20,6 +21,7 @@ from worker.core.dispatcher import Dispatcher, Lines
 from worker.core.host_report import HostReport
 from worker.core.journal import Journal
 from worker.core.ordering import KeyedExecutor
+from worker.core.peers import Arrivals
 from worker.core.state_watch import StateWatch
 from worker.errors import HypervisorUnavailable
 from worker.messages import Outgoing
@@ -57,14 +59,19 @@ class Service:
         # pool of their own so that slow verbs on every line cannot hold them.
         self.executor = KeyedExecutor(cfg.max_concurrent_ops)
         self.queries = KeyedExecutor(max(2, cfg.max_concurrent_ops // 2), name="query")
+        # Instances coming in by live migration: like one a verb works on, the state
+        # watch leaves them alone until the move is over.
+        self.arrivals = Arrivals()
         self.watch = StateWatch(cfg, self.hypervisor, self.answers, self.publisher.send,
-                                self.executor.busy, debounce=debounce,
+                                self._in_hand, debounce=debounce,
                                 sync_interval=sync_interval)
         self.dispatcher = Dispatcher(cfg, TABLE, self.hypervisor, self.journal, self.publisher,
                                      Lines(self.executor, self.queries), self.paths,
                                      self.answers, retry_sleep=retry_sleep,
                                      on_verb_end=self._verb_ended, signing_key=key,
-                                     on_fault=self.fault)
+                                     on_fault=self.fault,
+                                     peers=AmqpPeers(cfg, signing_key=key),
+                                     arrivals=self.arrivals)
         self.consumer = Consumer(cfg, self.dispatcher.deliver, busy=self._busy)
         self.host_report = HostReport(cfg, self.hypervisor, self.answers, self.publisher.send)
         self._threads = [
@@ -92,10 +99,14 @@ class Service:
     def _busy(self) -> bool:
         return self.executor.pending > 0 or self.queries.pending > 0
 
+    def _in_hand(self, uuid: str) -> bool:
+        """A verb works on the instance, or it is arriving: its state is not news yet."""
+        return self.executor.busy(uuid) or uuid in self.arrivals
+
     def _lifecycle(self, event: LifecycleEvent) -> None:
         # Most events are our own verbs at work; their end events say it all,
         # so drop those here rather than look at the domain again later.
-        if not self.executor.busy(event.uuid):
+        if not self._in_hand(event.uuid):
             self.watch.lifecycle(event)
 
     def _verb_ended(self, uuid: str, result: Any) -> None:

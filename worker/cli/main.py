@@ -37,7 +37,9 @@ def _add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
             extra["metavar"] = name.upper()
         choices = row.spec.metadata.get("choices")
         text = row.spec.metadata["help"] + (f" ({'|'.join(choices)})" if choices else "")
-        group.add_argument(flag, help=f"{text}; default {row.default!r}", **extra)
+        # argparse %-formats help: a literal % (a URI template's %s) is written %%.
+        help_text = f"{text}; default {row.default!r}".replace("%", "%%")
+        group.add_argument(flag, help=help_text, **extra)
         if name == "amqp_durable_queues":
             group.add_argument("--durable-queues", dest=name, default=None,
                                action=argparse.BooleanOptionalAction, help=argparse.SUPPRESS)

@@ -194,7 +194,9 @@ def failure(exc: BaseException) -> str:
         # Internal faults are named but not detailed: their text may hold paths or XML.
         module, message = "builtins", f"internal error ({type(exc).__name__})"
     return json.dumps({
-        "class": type(exc).__name__ if isinstance(exc, WorkerError) else "Exception",
+        # wire_name: an error that passes on another host's failure under its class.
+        "class": (exc.wire_name or type(exc).__name__)
+        if isinstance(exc, WorkerError) else "Exception",
         "module": module,
         "message": message,
         "tb": [],

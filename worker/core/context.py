@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from worker.config import Config
+from worker.core.peers import Arrivals, Peers
 from worker.virt.guest import Guest
 from worker.virt.hypervisor import Hypervisor
 from worker.virt.paths import InstancePaths
@@ -18,6 +21,13 @@ class Context:
     config: Config
     paths: InstancePaths
     request_id: str | None = None
+    #: Other hosts' workers (None: this worker was wired without them, as in unit tests).
+    peers: Peers | None = None
+    #: notify(action, phase, state): publish instance.<action>.<phase> for this message now,
+    #: for a verb whose events are phases of its own (a live migration's post or rollback).
+    notify: Callable[[str, str, dict[str, Any]], None] | None = None
+    #: Instances arriving here by live migration (the state watch leaves them alone).
+    arrivals: Arrivals = field(default_factory=Arrivals)
     _guests: dict[str, Guest] = field(default_factory=dict, repr=False)
 
     def guest(self, uuid: str) -> Guest:

@@ -21,6 +21,7 @@ from worker.core.journal import Journal
 from worker.core.methods import Answer, Method, MethodTable
 from worker.core.ordering import KeyedExecutor
 from worker.core.outbox import Outbox
+from worker.core.peers import Arrivals, Peers
 from worker.core.schemas import check_args
 from worker.errors import (
     BadMessage,
@@ -68,8 +69,13 @@ class Dispatcher:
                  retry_sleep: Sleep | None = None,
                  on_verb_end: Callable[[str, Any], None] | None = None,
                  signing_key: bytes | None = None,
-                 on_fault: Callable[[str, str | None], None] | None = None) -> None:
-        """on_fault(kind, reason or None): a fault the worker cannot ride through began or ended."""
+                 on_fault: Callable[[str, str | None], None] | None = None,
+                 peers: Peers | None = None, arrivals: Arrivals | None = None) -> None:
+        """on_fault(kind, reason or None): a fault the worker cannot ride through began or ended.
+
+        peers: how handlers reach other hosts' workers; arrivals: the instances
+        coming in by live migration (shared with the state watch).
+        """
         self.cfg = cfg
         self.table = table
         self.hypervisor = hypervisor
@@ -83,6 +89,8 @@ class Dispatcher:
         self._on_verb_end = on_verb_end
         self._signing_key = signing_key
         self._on_fault = on_fault
+        self.peers = peers
+        self.arrivals = arrivals if arrivals is not None else Arrivals()
         self.bad_signatures = 0
         self.draining = False
         self._count_lock = threading.Lock()  # confirms settle from the publisher's thread
@@ -223,14 +231,21 @@ class Dispatcher:
             self._on_fault("journal", None)
         return result
 
-    def _context(self, req: Request) -> Context:
-        return Context(self.hypervisor, self.cfg, self.paths, req.request_id)
+    def _context(self, req: Request, instance: dict[str, Any] | None = None,
+                 args: dict[str, Any] | None = None) -> Context:
+        def notify(action: str, phase: str, state: dict[str, Any]) -> None:
+            # Sent at once, outside the journal: a phase event repeated after a
+            # crash says again what happened; the verb's end is what is journaled.
+            self.outbox.send(self.answers.instance_action(
+                req, instance or {}, action, phase, state, args=args))
+        return Context(self.hypervisor, self.cfg, self.paths, req.request_id, peers=self.peers,
+                       notify=notify, arrivals=self.arrivals)
 
     def _run(self, req: Request, method: Method, args: dict[str, Any]) -> Ran | None:
         """Run the handler and build its answers; None to requeue (libvirt away at a stop)."""
-        ctx = self._context(req)
         given = args.get("instance")
         instance: dict[str, Any] = given if isinstance(given, dict) else {}
+        ctx = self._context(req, instance, args)
         if instance and req.instance_uuid:
             self.answers.remember(req.instance_uuid.lower(), instance)
         held = None
@@ -254,7 +269,7 @@ class Dispatcher:
                                            else {}))
                 # A fresh Context each try: the domains ctx looked up belong to
                 # the connection that broke, and would fail the same way again.
-                result = policy(lambda: method.handler(self._context(req), args))
+                result = policy(lambda: method.handler(self._context(req, instance, args), args))
             ran = Ran(self._answers(req, method, instance, args, result=result), changed=True,
                       failed=False)
         except HypervisorUnavailable as exc:
@@ -272,7 +287,8 @@ class Dispatcher:
             # Queued now, without a wake-up: the end event sent next carries it
             # along, so a quick verb's two events leave in one write.
             self.outbox.release(held)
-        if self._on_verb_end is not None and method.action and req.instance_uuid:
+        if self._on_verb_end is not None and (method.action or method.tracks_state) \
+                and req.instance_uuid:
             self._on_verb_end(req.instance_uuid.lower(),
                               result.state if isinstance(result, Answer) else result)
         return ran

@@ -37,6 +37,9 @@ class Method:
     #: Waits in its instance's line. Queries, console reads and aborts do not: an answer
     #: must not wait behind a 60 s clean stop (or, later, a migration it would abort).
     ordered: bool = True
+    #: Its result is the instance's state here now, for the state watch, though it has no
+    #: events of its own (a live migration, whose events are its phases).
+    tracks_state: bool = False
 
     @property
     def schema(self) -> str:

@@ -284,3 +284,37 @@ class Guest:
         # detachDeviceAlias only sends the request; detachDeviceFlags with
         # AFFECT_LIVE would also sit up to 5 s inside libvirtd waiting for it.
         self._call(self._dom.detachDeviceAlias, alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    # --- live migration -----------------------------------------------------------
+
+    def migrate(self, uri: str, params: dict[str, Any], flags: int) -> None:
+        """Move the running domain to the libvirt at uri; returns when it is there (or failed).
+
+        Peer to peer, the source's libvirtd talks to the destination's: an
+        error about *that* connection says the destination failed, not that
+        ours is lost, and must not send the worker into its libvirt outage.
+        """
+        with self._owner.guard(self.uuid, self._conn):
+            try:
+                self._dom.migrateToURI3(uri, params, flags)
+            except libvirt.libvirtError as exc:
+                if errors.is_connection_error(exc) and self._connection_answers():
+                    raise HypervisorError(str(exc.get_error_message()),
+                                          exc.get_error_code()) from None
+                raise
+
+    def _connection_answers(self) -> bool:
+        try:
+            self._conn.getLibVersion()
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def job_stats(self, completed: bool = False) -> dict[str, Any]:
+        """libvirt's statistics of the job running now (or, completed=True, of the last one)."""
+        flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
+        return dict(self._call(self._dom.jobStats, flags))
+
+    def abort_job(self) -> None:
+        """Cancel the job running now (a migration: the domain stays here, running)."""
+        self._call(self._dom.abortJob)

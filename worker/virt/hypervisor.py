@@ -13,7 +13,7 @@ import libvirt
 
 from worker import logs
 from worker.errors import HypervisorUnavailable, WorkerError
-from worker.virt import lifecycle, rescue
+from worker.virt import errors, lifecycle, rescue
 from worker.virt.errors import libvirt_errors
 from worker.virt.guest import Guest
 from worker.virt.lifecycle import LifecycleEvent
@@ -272,6 +272,22 @@ class Hypervisor:
                     "memory_mb": memory_mb, "vcpus": cpus, "cpu_mhz": mhz,
                     "hypervisor_version": conn.getVersion(),
                     "libvirt_version": conn.getLibVersion()}
+
+    def compare_cpu(self, cpu_xml: str, virt_type: str) -> int | None:
+        """libvirt's verdict on running a guest with this <cpu> here (compareHypervisorCPU):
+        above 0 compatible, 0 or less not; None when the driver cannot compare."""
+        try:
+            with self.calls() as conn:
+                return int(conn.compareHypervisorCPU(None, None, None, virt_type, cpu_xml, 0))
+        except WorkerError as exc:
+            if errors.unsupported(exc):
+                return None
+            raise
+
+    def domain_uuids(self) -> set[str]:
+        """The UUIDs of every domain here (one call)."""
+        with self.calls() as conn:
+            return {str(dom.UUIDString()).lower() for dom in conn.listAllDomains(0)}
 
     # --- network filters (nwfilter) -------------------------------------------------
 

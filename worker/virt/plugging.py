@@ -148,8 +148,12 @@ class Plumbing:
             self._remember(uuid, plugged)
         return plugged
 
-    def unplug(self, uuid: str, plugged: Plugged) -> None:
-        """Remove what the worker made for one VIF (tap, filter, an emptied bridge)."""
+    def unplug(self, uuid: str, plugged: Plugged, *, keep_record: bool = False) -> None:
+        """Remove what the worker made for one VIF (tap, filter, an emptied bridge).
+
+        keep_record: the instance lives on in a directory another host shares (it
+        moved there), whose worker plugs the same VIFs from the same record.
+        """
         vif = plugged.vif
         if plugged.made_tap and vif.devname is not None:
             netdev.remove(vif.devname)
@@ -158,16 +162,17 @@ class Plumbing:
                 self.hypervisor.undefine_nwfilter(plugged.filter)
             except WorkerError as exc:
                 log.warning("nwfilter_not_removed", filter=plugged.filter, error=exc.message)
-        self._forget(uuid, vif.id)
-        if vif.type == "bridge" and vif.bridge is not None:
+        if not keep_record:
+            self._forget(uuid, vif.id)
+        if vif.type == "bridge" and vif.bridge is not None and not keep_record:
             self._drop_bridge_if_unused(vif.bridge)
         log.info("vif_unplugged", port_id=vif.id, devname=vif.devname)
 
-    def unplug_all(self, uuid: str) -> int:
+    def unplug_all(self, uuid: str, *, keep_record: bool = False) -> int:
         """Unplug every VIF the record of uuid names; how many."""
         entries = self.recorded(uuid)
         for entry in entries:
-            self.unplug(uuid, entry)
+            self.unplug(uuid, entry, keep_record=keep_record)
         return len(entries)
 
     def replug(self, uuid: str) -> int:
