@@ -75,8 +75,10 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 class WorkerProcess:
     """``compute-worker run`` as a child process; one log file per life."""
 
-    def __init__(self, argv: list[str], log_dir: Path) -> None:
+    def __init__(self, argv: list[str], log_dir: Path, prefix: list[str] | None = None) -> None:
+        """prefix: argv run before the worker's (nsenter into a second host's namespace)."""
         self.argv = argv
+        self.prefix = prefix or []
         self.log_dir = log_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.logs: list[Path] = []
@@ -90,7 +92,8 @@ class WorkerProcess:
         path = self.log_dir / f"worker-life{len(self.logs) + 1}.log"
         self.logs.append(path)
         with open(path, "wb") as out:
-            self.proc = subprocess.Popen([WORKER_BIN, "run", *self.argv], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([*self.prefix, WORKER_BIN, "run", *self.argv],
+                                         stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT, env=worker_env(),
                                          start_new_session=True)
 

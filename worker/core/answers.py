@@ -69,11 +69,12 @@ class Answers:
 
     def instance_action(self, req: Request, instance: dict[str, Any], action: str, phase: str,
                         live: dict[str, Any], error: BaseException | None = None,
-                        args: dict[str, Any] | None = None) -> Outgoing:
+                        args: dict[str, Any] | None = None, once: bool = True) -> Outgoing:
         """instance.<action>.<phase> for the request, with the instance's state now.
 
         args (the verb's, plain): where nova's payload class takes a field from them
-        (a volume id, a snapshot's image id).
+        (a volume id, a snapshot's image id). once: the request causes this event once,
+        so a replay carries the same message_id; False for one of many (progress).
         """
         payload = payloads.instance_action(
             instance=instance or {"uuid": req.instance_uuid}, live=live, host=self.cfg.host,
@@ -81,7 +82,7 @@ class Answers:
             task_state=instance.get("task_state") if phase == "start" else None,
             error=error, domain_name=live.get("name"), function_name=req.method, args=args)
         return self.event(f"instance.{action}.{phase}", payload, error=error is not None,
-                          source_id=req.unique_id)
+                          source_id=req.unique_id if once else None)
 
     def reply(self, req: Request, result: Any = None,
               error: BaseException | None = None) -> Outgoing:

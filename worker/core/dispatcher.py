@@ -237,7 +237,8 @@ class Dispatcher:
             # Sent at once, outside the journal: a phase event repeated after a
             # crash says again what happened; the verb's end is what is journaled.
             self.outbox.send(self.answers.instance_action(
-                req, instance or {}, action, phase, state, args=args))
+                req, instance or {}, action, phase, state, args=args,
+                once=phase != "progress"))
         return Context(self.hypervisor, self.cfg, self.paths, req.request_id, peers=self.peers,
                        notify=notify, arrivals=self.arrivals)
 

@@ -1,0 +1,207 @@
+"""Live and block migration between two real libvirt hosts, through two workers (issue 13).
+
+Host B is a SecondHost: libvirtd in a network and mount namespace these
+tests make and remove. Guests are built through a cast on A (the one-sector
+test guest, on TCG, printing to its console log every 0.27 s), moved by the
+conductor's calls in nova's order, and checked through both libvirtds: running
+and persistent on exactly one host, its console still growing there. Failures
+are injected mid-way (the destination refuses in pre, an abort, the
+destination's libvirtd stopped during the job, the source's worker killed
+during the job) and the guest must still run on exactly one host, with
+nothing of it left on the other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tests.brokers import wait_until
+from tests.e2e.migration_support import (
+    Pair,
+    console_grows,
+    pair_of_hosts,
+    runs_on_exactly,
+    wait_migrating,
+)
+from tests.helpers import check_event
+from tests.second_host import SecondHost
+
+pytestmark = pytest.mark.e2e
+#: A slow link keeps a job running long enough to act on it (64 MiB of guest memory).
+SLOW_KBIT = 2000
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("migration")
+
+
+@pytest.fixture(scope="module")
+def second(base: Path) -> Iterator[SecondHost]:
+    """Host B; base/own/instances is B's own directory there, everything else is shared."""
+    with SecondHost(private_paths=[base / "own" / "instances"]) as host:
+        yield host
+
+
+@pytest.fixture
+def shared_pair(second: SecondHost, base: Path, broker_url: str, tmp_path: Path
+                ) -> Iterator[Pair]:
+    """A and B with one instances_path (shared storage)."""
+    instances = base / "shared" / uuid.uuid4().hex[:8]
+    instances.mkdir(parents=True)
+    with pair_of_hosts(second, tag=uuid.uuid4().hex[:8], broker_url=broker_url,
+                       work=tmp_path, instances=instances, b_instances_seen=instances,
+                       images=base / "images") as pair:
+        yield pair
+
+
+@pytest.fixture
+def own_pair(second: SecondHost, base: Path, broker_url: str, tmp_path: Path
+             ) -> Iterator[Pair]:
+    """A and B with an instances_path each, at the same path (block migration)."""
+    instances = base / "own" / "instances"
+    with pair_of_hosts(second, tag=uuid.uuid4().hex[:8], broker_url=broker_url,
+                       work=tmp_path, instances=instances,
+                       b_instances_seen=second.private_dir(instances),
+                       images=base / "images") as pair:
+        yield pair
+
+
+def _checked(pair: Pair, uid: str) -> None:
+    for event in pair.tap.snapshot():
+        if event["payload"]["nova_object.data"].get("uuid") == uid:
+            check_event(event)
+
+
+def test_live_migration_a_to_b_and_back_with_shared_storage(shared_pair: Pair) -> None:
+    pair = shared_pair
+    uid = pair.build()
+    data = pair.move(uid, pair.a, pair.b)
+    assert data["nova_object.data"]["is_shared_instance_path"] is True
+    runs_on_exactly(pair, uid, pair.b)
+    console_grows(pair.a.instances / uid / "console.log")
+    # The shared directory stays; it is the instance's, now on B.
+    assert (pair.a.instances / uid / "disk").is_file()
+    pair.move(uid, pair.b, pair.a)
+    runs_on_exactly(pair, uid, pair.a)
+    console_grows(pair.a.instances / uid / "console.log")
+    # nova's events, each host for its part, in nova's order.
+    types = [(e["publisher_id"].split(":")[1], e["event_type"]) for e in pair.tap.of(uid)
+             if "live_migration" in e["event_type"] and "progress" not in e["event_type"]]
+    first = [(pair.b.name, "instance.live_migration_pre.start"),
+             (pair.b.name, "instance.live_migration_pre.end"),
+             (pair.a.name, "instance.live_migration_post.start"),
+             (pair.b.name, "instance.live_migration_post_dest.start"),
+             (pair.b.name, "instance.live_migration_post_dest.end"),
+             (pair.a.name, "instance.live_migration_post.end")]
+    back = [(pair.a.name if h == pair.b.name else pair.b.name, t) for h, t in first]
+    assert types == first + back
+    post_dest = pair.tap.of(uid, "instance.live_migration_post_dest.end")[0]
+    assert (post_dest["payload"]["nova_object.data"]["host"],
+            post_dest["payload"]["nova_object.data"]["power_state"]) == (pair.b.name, "running")
+    # Neither state watch said the instance went away or stopped while it moved.
+    assert not pair.tap.of(uid, "instance.update")
+    _checked(pair, uid)
+
+
+def test_block_migration_with_own_instance_directories(own_pair: Pair) -> None:
+    pair = own_pair
+    uid = pair.build(ephemeral_gb=1)
+    data = pair.move(uid, pair.a, pair.b)
+    assert (data["nova_object.data"]["block_migration"],
+            data["nova_object.data"]["is_shared_instance_path"]) == (True, False)
+    runs_on_exactly(pair, uid, pair.b)
+    # B's own directory holds the disks, on B's own copy of the base; A's is gone.
+    assert (pair.b.instances / uid / "disk").is_file()
+    assert (pair.b.instances / uid / "disk.eph0").is_file()
+    assert not (pair.b.instances / uid / ".arriving").exists()
+    assert any((pair.b.instances / "_base").iterdir())
+    assert not (pair.a.instances / uid).exists()
+    console_grows(pair.b.instances / uid / "console.log")
+    stats = pair.b.completed_job(uid)
+    assert stats.get("disk_total", 0) > 0, stats  # the disks were copied, not shared
+    _checked(pair, uid)
+
+
+def test_an_aborted_migration_leaves_it_running_on_the_source(own_pair: Pair) -> None:
+    pair = own_pair
+    uid = pair.build()
+    pair.second.limit_bandwidth(SLOW_KBIT)
+    try:
+        pair.move(uid, pair.a, pair.b, wait=False)
+        wait_migrating(pair.a, uid)
+        pair.ended(uid, "instance.live_migration.progress", timeout=30)
+        pair.rpc.cast(pair.a.name, "live_migration_abort", {
+            "instance": {"uuid": uid}, "migration_id": 7})
+        pair.ended(uid, "instance.live_migration_rollback.end")
+    finally:
+        pair.second.limit_bandwidth(None)
+    runs_on_exactly(pair, uid, pair.a)
+    pair.ended(uid, "instance.live_migration_rollback_dest.end")
+    assert not (pair.b.instances / uid).exists()
+    assert pair.ended(uid, "instance.live_migration_abort.end")
+    console_grows(pair.a.instances / uid / "console.log")
+    progress = pair.tap.of(uid, "instance.live_migration.progress")[0]
+    details = progress["payload"]["compute_worker.details"]
+    assert details["data_total"] > 0 and details["elapsed_seconds"] > 0
+    _checked(pair, uid)
+
+
+def test_a_destination_that_refuses_in_pre_leaves_it_on_the_source(own_pair: Pair) -> None:
+    pair = own_pair
+    uid = pair.build()
+    planted = pair.b.instances / uid
+    planted.mkdir()  # B has a directory of that name that no migration made
+    (planted / "keep").write_text("not the migration's")
+    pair.move(uid, pair.a, pair.b, wait=False)
+    pair.ended(uid, "instance.live_migration_rollback.end")
+    error = pair.ended(uid, "instance.live_migration_pre.error")[0]
+    assert "already exists here" in error["payload"]["nova_object.data"]["fault"][
+        "nova_object.data"]["exception_message"]
+    runs_on_exactly(pair, uid, pair.a)
+    assert (planted / "keep").read_text() == "not the migration's"  # never removed
+    _checked(pair, uid)
+
+
+def test_the_destination_libvirtd_stopping_mid_job_leaves_it_on_the_source(
+        own_pair: Pair) -> None:
+    pair = own_pair
+    uid = pair.build()
+    pair.second.limit_bandwidth(SLOW_KBIT)
+    try:
+        pair.move(uid, pair.a, pair.b, wait=False)
+        wait_migrating(pair.a, uid)
+        pair.second.stop_libvirtd()
+        pair.ended(uid, "instance.live_migration_rollback.end")
+    finally:
+        pair.second.limit_bandwidth(None)
+        pair.second.start_libvirtd()
+    runs_on_exactly(pair, uid, pair.a)
+    # B's worker reconnects to its libvirtd and then cleans what pre made.
+    wait_until(lambda: not (pair.b.instances / uid).exists(), 60,
+               "B's arrival directory removed")
+    console_grows(pair.a.instances / uid / "console.log")
+
+
+def test_a_source_worker_killed_mid_job_ends_with_the_guest_on_one_host(
+        own_pair: Pair) -> None:
+    pair = own_pair
+    uid = pair.build()
+    pair.second.limit_bandwidth(SLOW_KBIT)
+    try:
+        pair.move(uid, pair.a, pair.b, wait=False)
+        wait_migrating(pair.a, uid)
+        pair.a.worker.kill()
+    finally:
+        pair.second.limit_bandwidth(None)
+    pair.a.worker.start()
+    # The cast was not acked: the new life takes it again and finishes the move.
+    pair.ended(uid, "instance.live_migration_post.end", timeout=120)
+    runs_on_exactly(pair, uid, pair.b)
+    assert not (pair.a.instances / uid).exists()
+    assert pair.b.domain_state(uid) == (libvirt.VIR_DOMAIN_RUNNING, True)
