@@ -28,7 +28,6 @@ from tests.guest_image import GUEST_MARKER, make_guest_image
 from tests.second_host import SecondHost
 from tests.taps import Event, EventTap
 from worker.amqp.client import RpcClient
-from worker.config import Config
 
 QEMU_URI = "qemu:///system"
 IMAGE = "migration-guest"
@@ -161,13 +160,14 @@ def pair_of_hosts(second: SecondHost, *, tag: str, broker_url: str, work: Path,
                   **extra: Any) -> Iterator[Pair]:
     """Workers A (here) and B (in second's namespace) on instances (the same path on both;
     b_instances_seen is where the test sees B's), with private exchange and names."""
+    images.mkdir(parents=True, exist_ok=True)
     make_guest_image(images / IMAGE)
     common = {"transport_url": broker_url, "control_exchange": f"mig_{tag}",
               "notification_topic": f"mig_notifications_{tag}", "virt_type": "qemu",
               "instances_path": str(instances), "images_path": str(images),
               "heartbeat": 10, "confirm_timeout": 10, "log_level": "info",
               "live_migration_permit_unsafe": True, "live_migration_progress_interval": 0.5,
-              "rpc_response_timeout": 20, "long_rpc_timeout": 60, "update_resources_interval": -1,
+              "rpc_response_timeout": 8, "long_rpc_timeout": 60, "update_resources_interval": -1,
               "firewall_driver": "none", "shutdown_timeout": 2, **extra}
     a_values = {**common, "host": f"mig-a-{tag}", "state_dir": str(work / "state-a"),
                 "live_migration_inbound_addr": second.root_addr}

@@ -13,9 +13,11 @@ nothing of it left on the other.
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -72,6 +74,18 @@ def own_pair(second: SecondHost, base: Path, broker_url: str, tmp_path: Path
         yield pair
 
 
+def _blkid(path: Path) -> dict[str, str]:
+    done = subprocess.run(["blkid", "-p", "-o", "export", str(path)], capture_output=True,
+                          text=True, check=False)
+    return dict(line.split("=", 1) for line in done.stdout.split() if "=" in line)
+
+
+def _progress(pair: Pair, uid: str) -> list[dict[str, Any]]:
+    """The details of every progress event of uid so far (ours: data remaining, time)."""
+    return [e["payload"]["compute_worker.details"]
+            for e in pair.tap.of(uid, "instance.live_migration.progress")]
+
+
 def _checked(pair: Pair, uid: str) -> None:
     for event in pair.tap.snapshot():
         if event["payload"]["nova_object.data"].get("uuid") == uid:
@@ -123,8 +137,13 @@ def test_block_migration_with_own_instance_directories(own_pair: Pair) -> None:
     assert any((pair.b.instances / "_base").iterdir())
     assert not (pair.a.instances / uid).exists()
     console_grows(pair.b.instances / uid / "console.log")
+    # B's pre made disk.eph0 empty; the file system on it now came through the block copy.
+    a_inode = (pair.b.instances / uid / "disk.eph0").stat().st_ino
+    found = _blkid(pair.b.instances / uid / "disk.eph0")
+    assert (found.get("TYPE"), found.get("LABEL")) == ("ext4", "ephemeral0"), found
+    assert a_inode != pair.a.instances.stat().st_ino
     stats = pair.b.completed_job(uid)
-    assert stats.get("disk_total", 0) > 0, stats  # the disks were copied, not shared
+    assert stats["downtime"] >= 0 and stats["time_elapsed"] > 0, stats
     _checked(pair, uid)
 
 
@@ -135,7 +154,9 @@ def test_an_aborted_migration_leaves_it_running_on_the_source(own_pair: Pair) ->
     try:
         pair.move(uid, pair.a, pair.b, wait=False)
         wait_migrating(pair.a, uid)
-        pair.ended(uid, "instance.live_migration.progress", timeout=30)
+        # Under way: QEMU is sending memory (the job's first moments only set it up).
+        pair.tap.wait_for(lambda _: any(
+            d["data_total"] > 0 and d["data_remaining"] > 0 for d in _progress(pair, uid)), 30)
         pair.rpc.cast(pair.a.name, "live_migration_abort", {
             "instance": {"uuid": uid}, "migration_id": 7})
         pair.ended(uid, "instance.live_migration_rollback.end")
@@ -146,9 +167,7 @@ def test_an_aborted_migration_leaves_it_running_on_the_source(own_pair: Pair) ->
     assert not (pair.b.instances / uid).exists()
     assert pair.ended(uid, "instance.live_migration_abort.end")
     console_grows(pair.a.instances / uid / "console.log")
-    progress = pair.tap.of(uid, "instance.live_migration.progress")[0]
-    details = progress["payload"]["compute_worker.details"]
-    assert details["data_total"] > 0 and details["elapsed_seconds"] > 0
+    assert all(d["elapsed_seconds"] > 0 for d in _progress(pair, uid))
     _checked(pair, uid)
 
 
