@@ -59,9 +59,12 @@ def live_migration(ctx: Context, args: Args) -> Result:
         raise InstanceInvalidState(f"instance {uuid} is {guest.power_state()}: a live "
                                    "migration moves a running guest")
     disks = migration.local_disks(guest.xml(), ctx.paths.instance_dir(uuid)) if block else []
+    # A destination that does not share the directory has no VIF record: it gets the VIFs.
+    sent = data if data.get("is_shared_instance_path") else {
+        **data, "vifs": network.migrating_vifs(ctx, uuid)}
     try:
         answer = peers(ctx).call(dest, "pre_live_migration", {
-            "instance": instance_arg(args), "migrate_data": migrate_data.primitive(data),
+            "instance": instance_arg(args), "migrate_data": migrate_data.primitive(sent),
             "disk": migration.disk_info(disks) if block else None},
             timeout=timeout(ctx, slow=True), request_id=ctx.request_id)
     except WorkerError as exc:

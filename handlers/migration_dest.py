@@ -56,7 +56,10 @@ def pre_live_migration(ctx: Context, args: Args) -> Answer:
     ctx.arrivals.add(uuid)
     if block and not shared:
         _make_disks(ctx, args, directory)
-    network.replug(ctx, uuid)
+    if shared:
+        network.replug(ctx, uuid)  # from the record in the directory both hosts see
+    else:
+        network.plug_arriving(ctx, uuid, data.get("vifs"))
     inbound = ctx.config.libvirt.live_migration_inbound_addr
     log.info("live_migration_prepared", shared_instance_path=shared, block_migration=block,
              target_connect_addr=inbound or None)
@@ -115,9 +118,12 @@ def rollback_live_migration_at_destination(ctx: Context, args: Args) -> Result:
         network.unplug_all(ctx, uuid)
         ctx.paths.remove_instance_dir(canonical_uuid(uuid))
         log.info("live_migration_arrival_removed", directory=str(directory))
-    elif args.get("destroy_disks") and not directory.joinpath(ARRIVING).exists():
+    else:
+        # Shared (or not made by this migration): what pre plugged goes, the record stays.
+        network.unplug_all(ctx, uuid, keep_record=True)
         log.info("live_migration_rollback_kept_directory", directory=str(directory),
-                 reason="not made for this migration")
+                 reason="shared" if data.get("is_shared_instance_path")
+                 else "not made for this migration")
     ctx.arrivals.discard(uuid)
     return state_of(args)
 

@@ -7,6 +7,7 @@ volume's disk is found by its serial.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -76,6 +77,38 @@ def unplug_all(ctx: Context, uuid: str, *, keep_record: bool = False) -> None:
 def replug(ctx: Context, uuid: str) -> None:
     """Make again the taps, bridges and filters uuid's VIFs lost, before the domain starts."""
     plumbing(ctx).replug(uuid)
+
+
+def migrating_vifs(ctx: Context, uuid: str) -> list[dict[str, Any]]:
+    """The instance's VIFs as a live migration hands them to the destination: nova's
+    VIFMigrateData fields, the VIF itself (nova's network model entry) as source_vif."""
+    return [{"port_id": entry.vif.id, "vif_type": entry.vif.type,
+             "vnic_type": entry.vif.vnic_type, "source_vif": vifs.to_model(entry.vif)}
+            for entry in plumbing(ctx).recorded(uuid)]
+
+
+def plug_arriving(ctx: Context, uuid: str, given: Any) -> int:
+    """Plug here the VIFs of an instance arriving by live migration; how many.
+
+    given: the migrate data's vifs (ours, or nova's VIFMigrateData with its
+    source_vif as JSON); each is checked as a build's VIF is.
+    """
+    plumb = plumbing(ctx)
+    entries = given if isinstance(given, list) else []
+    found = []
+    for index, entry in enumerate(entries):
+        model = entry.get("source_vif") if isinstance(entry, dict) else None
+        if isinstance(model, str):
+            try:
+                model = json.loads(model)
+            except ValueError:
+                raise InvalidInput(f"vifs[{index}].source_vif is not JSON") from None
+        vif = vifs.from_model(model, uuid, index, _mappings(ctx))
+        plumb.check(uuid, vif)
+        found.append(vif)
+    for vif in found:
+        plumb.plug(uuid, vif)
+    return len(found)
 
 
 def replug_host(ctx: Context) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -84,7 +85,8 @@ class Pair:
     second: SecondHost
     built: list[str] = field(default_factory=list)
 
-    def build(self, *, ephemeral_gb: int = 0) -> str:
+    def build(self, *, ephemeral_gb: int = 0,
+              network_info: list[dict[str, Any]] | None = None) -> str:
         """A guest built on A through a cast; its UUID once its create.end is out."""
         uid = str(uuid.uuid4())
         self.built.append(uid)
@@ -94,7 +96,7 @@ class Pair:
                       "root_gb": 0, "ephemeral_gb": ephemeral_gb, "swap": 0, "extra_specs": {}}}
         self.rpc.cast(self.a.name, "build_and_run_instance", {
             "instance": instance(uid, self.a.name) | {"flavor": flavor},
-            "image": {"id": IMAGE}})
+            "image": {"id": IMAGE}, **({"network_info": network_info} if network_info else {})})
         end = self.tap.wait_type(uid, "instance.create.end", timeout=60)[0]
         assert end["payload"]["nova_object.data"]["power_state"] == "running", end
         return uid
@@ -155,11 +157,31 @@ def console_grows(path: Path, seconds: float = 1.5) -> None:
 
 
 @contextlib.contextmanager
+def broker_user(tag: str) -> Iterator[tuple[str, str]]:
+    """A RabbitMQ user for a worker in another network namespace (guest may only log in
+    over loopback); removed afterwards."""
+    name, password = f"cw-mig-{tag}", uuid.uuid4().hex
+
+    def ctl(*args: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True,
+                       timeout=60)
+    ctl("add_user", name, password)
+    try:
+        ctl("set_permissions", "-p", "/", name, ".*", ".*", ".*")
+        yield name, password
+    finally:
+        ctl("delete_user", name)
+
+
+@contextlib.contextmanager
 def pair_of_hosts(second: SecondHost, *, tag: str, broker_url: str, work: Path,
                   instances: Path, b_instances_seen: Path, images: Path,
-                  **extra: Any) -> Iterator[Pair]:
+                  b_transport_url: str | None = None, **extra: Any) -> Iterator[Pair]:
     """Workers A (here) and B (in second's namespace) on instances (the same path on both;
-    b_instances_seen is where the test sees B's), with private exchange and names."""
+    b_instances_seen is where the test sees B's), with private exchange and names.
+
+    With b_transport_url, B runs in second's network namespace too (its taps and bridges
+    are made where its libvirtd is) and reaches the broker at that URL."""
     images.mkdir(parents=True, exist_ok=True)
     make_guest_image(images / IMAGE)
     common = {"transport_url": broker_url, "control_exchange": f"mig_{tag}",
@@ -172,13 +194,15 @@ def pair_of_hosts(second: SecondHost, *, tag: str, broker_url: str, work: Path,
     a_values = {**common, "host": f"mig-a-{tag}", "state_dir": str(work / "state-a"),
                 "live_migration_inbound_addr": second.root_addr}
     b_values = {**common, "host": f"mig-b-{tag}", "state_dir": str(work / "state-b"),
-                "live_migration_inbound_addr": second.addr}
+                "live_migration_inbound_addr": second.addr,
+                "transport_url": b_transport_url or broker_url}
     (work / "logs-a").mkdir(parents=True, exist_ok=True)
     (work / "logs-b").mkdir(parents=True, exist_ok=True)
     a = Host(a_values["host"], WorkerProcess(worker_argv(a_values), work / "logs-a"), a_values,
              QEMU_URI, instances)
     b = Host(b_values["host"], WorkerProcess(worker_argv(b_values), work / "logs-b",
-                                             prefix=[*second.command_prefix(), "--"]),
+                                             prefix=[*second.command_prefix(
+                                                 net=b_transport_url is not None), "--"]),
              b_values, second.uri, b_instances_seen)
     tap = EventTap(broker_url, common["control_exchange"], common["notification_topic"])
     from kombu import Connection

@@ -23,8 +23,10 @@ import libvirt
 import pytest
 
 from tests.brokers import wait_until
+from tests.domains import connection
 from tests.e2e.migration_support import (
     Pair,
+    broker_user,
     console_grows,
     pair_of_hosts,
     runs_on_exactly,
@@ -224,3 +226,57 @@ def test_a_source_worker_killed_mid_job_ends_with_the_guest_on_one_host(
     runs_on_exactly(pair, uid, pair.b)
     assert not (pair.a.instances / uid).exists()
     assert pair.b.domain_state(uid) == (libvirt.VIR_DOMAIN_RUNNING, True)
+
+
+def _links(netns: str | None = None) -> set[str]:
+    """Link names in the root network namespace, or in netns."""
+    argv = ["ip", *(["-n", netns] if netns else []), "-o", "link", "show"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def _filters(uri: str) -> set[str]:
+    with connection(uri) as conn:
+        return set(conn.listNWFilters())
+
+
+def test_vifs_move_with_the_guest_between_network_namespaces(
+        second: SecondHost, base: Path, broker_url: str, tmp_path: Path) -> None:
+    """B's worker in B's network namespace: pre makes the tap, the bridge and the filters
+    there, post removes A's; and back again."""
+    tag = uuid.uuid4().hex[:6]
+    instances = base / "own" / "instances"
+    tap, bridge, port_t, port_b = f"cwm{tag}t", f"cwm{tag}br", str(uuid.uuid4()), \
+        str(uuid.uuid4())
+    network_info = [_vif(port_t, tap, "tap", None, "10.9.7.5"),
+                    _vif(port_b, None, "bridge", bridge, "10.9.7.6")]
+    with broker_user(tag) as (user, password), pair_of_hosts(
+            second, tag=tag, broker_url=broker_url, work=tmp_path, instances=instances,
+            b_instances_seen=second.private_dir(instances), images=base / "images",
+            b_transport_url=f"amqp://{user}:{password}@{second.root_addr}:5672//",
+            firewall_driver="nwfilter", manage_bridges=True) as pair:
+        uid = pair.build(network_info=network_info)
+        assert {tap, bridge} <= _links()
+        pair.move(uid, pair.a, pair.b)
+        runs_on_exactly(pair, uid, pair.b)
+        assert {tap, bridge} <= _links(second.netns)
+        assert not {tap, bridge} & _links()  # A's worker removed what it made
+        assert {f"compute-worker-{port_t}", f"compute-worker-{port_b}"} <= _filters(pair.b.uri)
+        assert not {f"compute-worker-{port_t}"} & _filters(pair.a.uri)
+        assert (pair.b.instances / uid / "vifs.json").is_file()
+        console_grows(pair.b.instances / uid / "console.log")
+        pair.move(uid, pair.b, pair.a)
+        runs_on_exactly(pair, uid, pair.a)
+        assert {tap, bridge} <= _links()
+        assert not {tap, bridge} & _links(second.netns)
+        _checked(pair, uid)
+
+
+def _vif(port: str, devname: str | None, kind: str, bridge: str | None,
+         ip: str) -> dict[str, Any]:
+    return {"id": port, "address": None, "type": kind, "devname": devname,
+            "vnic_type": "normal", "details": {},
+            "network": {"id": "9a0d3c2b-5e4f-4a1b-8c7d-6e5f4a3b2c1d", "bridge": bridge,
+                        "label": "private", "subnets": [{"cidr": "10.9.7.0/24",
+                                                         "ips": [{"address": ip}],
+                                                         "gateway": {"address": "10.9.7.1"}}]}}

@@ -31,6 +31,8 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "target_connect_addr": (str, type(None)),
     "supported_perf_events": (list,),
     "wait_for_vif_plugged": (bool,),
+    # nova's VIFMigrateData list; the source's VIFs for a destination without its record.
+    "vifs": (list,),
 }
 
 
