@@ -232,6 +232,23 @@ def _remove_guests(uids: list[str], *hosts: Host) -> None:
             shutil.rmtree(host.instances / uid, ignore_errors=True)
 
 
+#: A slow link keeps a job running long enough to act on it (64 MiB of guest memory).
+SLOW_KBIT = 2000
+
+
+@contextlib.contextmanager
+def moving_slowly(pair: Pair, uid: str, source: Host, dest: Host) -> Iterator[None]:
+    """A move of uid started on a slow link; the block runs while its job does. The link
+    is fast again afterwards (the move may then finish)."""
+    pair.second.limit_bandwidth(SLOW_KBIT)
+    try:
+        pair.move(uid, source, dest, wait=False)
+        wait_migrating(source, uid)
+        yield
+    finally:
+        pair.second.limit_bandwidth(None)
+
+
 def wait_migrating(host: Host, uid: str, timeout: float = 30) -> dict[str, Any]:
     """The job stats once a migration job runs on the instance at host."""
     found: dict[str, Any] = wait_until(

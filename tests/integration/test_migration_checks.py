@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.migration_support import migration
 from tests.helpers import check_event
 from tests.integration.test_storage_build import IMAGE, _build, image  # noqa: F401
 from tests.taps import EventTap
@@ -65,14 +66,6 @@ def _instance(uid: str, host: str) -> dict[str, Any]:
                        "swap": 0}}
 
 
-def _migration(source: str, dest: str) -> dict[str, Any]:
-    data = {"id": 7, "uuid": str(uuid.uuid4()), "source_compute": source,
-            "dest_compute": dest, "migration_type": "live-migration", "status": "accepted"}
-    return {"nova_object.name": "Migration", "nova_object.namespace": "nova",
-            "nova_object.version": "1.8", "nova_object.data": data,
-            "nova_object.changes": sorted(data)}
-
-
 def _nova_migrate_data(primitive: dict[str, Any]) -> Any:
     """What nova's conductor makes of the answer: its own LibvirtLiveMigrateData."""
     with warnings.catch_warnings():
@@ -85,7 +78,7 @@ def _check(rpc: RpcClient, dest: str, uid: str, source: str,
            block: bool | None = None) -> dict[str, Any]:
     answer: dict[str, Any] = rpc.call(dest, "check_can_live_migrate_destination", {
         "instance": _instance(uid, source), "block_migration": block,
-        "disk_over_commit": False, "migration": _migration(source, dest), "limits": None},
+        "disk_over_commit": False, "migration": migration(source, dest), "limits": None},
         timeout=30)
     return answer
 
