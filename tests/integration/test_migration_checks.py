@@ -178,3 +178,17 @@ def test_the_destination_says_when_the_source_does_not_have_the_instance(
     with pytest.raises(RemoteError) as same:
         _check(rpc, host_b.cfg.host, str(uuid.uuid4()), host_b.cfg.host)
     assert same.value.exc_class == "MigrationPreCheckError"
+
+
+def test_a_destination_without_the_memory_refuses_before_asking_the_source(
+        worker: Service, rpc: RpcClient, cfg: Config,
+        host_b_factory: Callable[..., Service]) -> None:
+    host_b = host_b_factory(shared=True)
+    uid = str(uuid.uuid4())
+    huge = {**_instance(uid, cfg.host), "flavor": {"memory_mb": 4194304, "vcpus": 1}}
+    with pytest.raises(RemoteError) as refused:
+        rpc.call(host_b.cfg.host, "check_can_live_migrate_destination", {
+            "instance": huge, "block_migration": None, "disk_over_commit": False,
+            "migration": migration(cfg.host, host_b.cfg.host), "limits": None}, timeout=30)
+    assert refused.value.exc_class == "MigrationPreCheckError"
+    assert "4194304 MiB" in refused.value.failure["message"]
