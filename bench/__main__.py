@@ -33,6 +33,7 @@ FULL: dict[str, list[str]] = {
     "footprint": [],
     "fleet": [],
     "journal": [],
+    "migration": [],
 }
 #: bench module -> arguments of the --quick smoke run.
 QUICK: dict[str, list[str]] = {
@@ -47,6 +48,7 @@ QUICK: dict[str, list[str]] = {
     "fleet": ["--sizes", "1,5", "--casts", "300", "--latency-casts", "100", "--fanouts", "2",
               "--idle-seconds", "1"],
     "journal": ["--entries", "5000"],
+    "migration": ["--rounds", "1"],
 }
 
 

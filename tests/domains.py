@@ -119,7 +119,13 @@ def remove_domain(conn: libvirt.virConnect, uid: str) -> None:
             return
         raise
     if dom.isActive():
-        dom.destroy()
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            # Racing libvirtd's reconnect to the guest after a restart, destroy stops
+            # it and still reports "domain is not running".
+            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
+                raise
     if dom.hasManagedSaveImage(0):
         dom.managedSaveRemove(0)
     if dom.isPersistent():

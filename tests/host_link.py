@@ -3,8 +3,8 @@
 Each link takes a free /30 in 169.254.X.0 (X from FIRST_X to LAST_X): the root
 end is 169.254.X.1, the namespace end 169.254.X.2. Link-local, so traffic
 stays between this machine and the namespace it made. ``ip netns add`` fails
-on an existing name, which is what makes picking X safe for links made side
-by side, by this process or another.
+on an existing name, which is what makes a claim of X safe against links
+made side by side, by this process or another.
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and done.returncode != 0:
         raise subprocess.CalledProcessError(done.returncode, argv, done.stdout, done.stderr)
     return done
+
+
+def candidates() -> list[int]:
+    """Third octets not in use by any address of the root namespace, in random order."""
+    taken = run("ip", "-4", "-o", "addr", "show").stdout
+    free = [x for x in range(FIRST_X, LAST_X + 1) if f" 169.254.{x}." not in taken]
+    random.shuffle(free)
+    return free
 
 
 def netns_names() -> set[str]:
@@ -63,25 +71,18 @@ class HostLink:
         return f"169.254.{self.x}.2"
 
     @classmethod
-    def create(cls) -> HostLink:
-        """A new namespace with its veth pair up, and lo up inside it."""
-        taken = run("ip", "-4", "-o", "addr", "show").stdout
-        candidates = list(range(FIRST_X, LAST_X + 1))
-        random.shuffle(candidates)
-        for x in candidates:
-            if f" 169.254.{x}." in taken:
-                continue
-            # Fails when the name exists: that claims X against a concurrent creator.
-            if run("ip", "netns", "add", f"{NETNS_PREFIX}{x}", check=False).returncode != 0:
-                continue
-            link = cls(x)
-            try:
-                link._wire()
-            except BaseException:
-                link.remove()
-                raise
-            return link
-        raise RuntimeError(f"no free 169.254.X.0/30 with X in {FIRST_X}..{LAST_X}")
+    def create(cls, x: int) -> HostLink | None:
+        """A new namespace for X with its veth pair up, and lo up inside it; None when the
+        namespace exists already (``ip netns add`` fails: that claims it against others)."""
+        link = cls(x)
+        if run("ip", "netns", "add", link.netns, check=False).returncode != 0:
+            return None
+        try:
+            link._wire()
+        except BaseException:
+            link.remove()
+            raise
+        return link
 
     def _wire(self) -> None:
         run("ip", "link", "add", self.root_veth, "type", "veth", "peer", "name", self.inner_veth)

@@ -57,5 +57,15 @@ def migrate(dom: libvirt.virDomain, dest: libvirt.virConnect, dest_uri: str,
     started = time.perf_counter()
     dom.migrateToURI3(dest_uri, params, flags)
     seconds = time.perf_counter() - started
-    stats = dest.lookupByUUIDString(uid).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-    return Moved(seconds, {k: int(v) for k, v in stats.items()})
+    return Moved(seconds, completed_stats(dest.lookupByUUIDString(uid)))
+
+
+def completed_stats(dom: libvirt.virDomain) -> dict[str, int]:
+    """The stats of dom's last completed job (a migration: on the destination's domain).
+
+    Read without KEEP_COMPLETED, libvirt hands them out once and then forgets them: a
+    second read returns only the job type.
+    """
+    stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED
+                         | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED)
+    return {k: int(v) for k, v in stats.items()}

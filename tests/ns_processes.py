@@ -11,21 +11,48 @@ from pathlib import Path
 from tests.host_link import HostLink
 
 
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of pid, or None when there is no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], fields[19]
+
+
+def identity(pid: int) -> str | None:
+    """"PID STARTTIME" of a live process: it names that process even after PIDs wrap."""
+    found = _stat(pid)
+    return None if found is None or found[0] == "Z" else f"{pid} {found[1]}"
+
+
+def same_process(ident: str | None) -> int | None:
+    """The PID of the process that identity() named, while it still runs."""
+    if not ident:
+        return None
+    pid = int(ident.split()[0])
+    return pid if identity(pid) == ident else None
+
+
 def alive(pid: int) -> bool:
     """True while pid runs (a zombie left for init to reap counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    found = _stat(pid)
+    return found is not None and found[0] != "Z"
 
 
 def end(pid: int, sig: int, timeout: float = 20.0) -> None:
-    """Send sig to pid and wait until it is gone; SIGKILL after timeout."""
+    """Send sig to pid and wait until it is gone; SIGKILL after timeout.
+
+    PIDs wrap around within minutes on this machine: the wait is for the process that
+    had pid when asked (its start time), never for a newer one that got the number.
+    """
+    first = _stat(pid)
+    if first is None or first[0] == "Z":
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     deadline = time.monotonic() + timeout
-    while alive(pid):
+    while (now := _stat(pid)) is not None and now[0] != "Z" and now[1] == first[1]:
         if time.monotonic() > deadline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -51,7 +78,9 @@ def kill_namespace(mount_ns: str | None, link: HostLink | None) -> None:
     """SIGKILL every process in the mount namespace (as /proc/PID/ns/mnt names it) or in
     the link's network namespace; the mounts go with the last of them.
 
-    Refuses the namespaces this process is in: that would be every process of the machine.
+    A mount namespace's name is reused once it is gone: pass one only while a process
+    known to be in it (the keeper) still runs. Refuses the namespaces this process is
+    in: that would be every process of the machine.
     """
     if mount_ns is not None and mount_ns in (mount_ns_of(os.getpid()), mount_ns_of(1)):
         raise RuntimeError(f"refusing to kill the root mount namespace {mount_ns}")

@@ -24,7 +24,15 @@ destroys and undefines the host's domains (through its libvirtd, which also
 removes their cgroups), stops the daemons, kills whatever else still runs in
 the host's namespaces, and removes the namespace, the veth pair and the
 state dir. A host whose owning process died without close() is swept by the
-next SecondHost to start.
+next SecondHost to start (without its libvirtd: its guests' cgroup dirs stay).
+
+Each host is known by X, the third octet of its addresses, claimed first by
+its state dir under STATE_ROOT (which stays until the host is closed or
+swept, so no other host takes X meanwhile) and then by ``ip netns add
+cw-host-X``. Processes are known by PID and start time (PIDs wrap around
+quickly here) and the mount namespace by its name only while the keeper
+runs in it (the name of a namespace that is gone is reused): close() and the
+sweep never signal a process that is not the host's.
 """
 
 from __future__ import annotations
@@ -45,8 +53,8 @@ from types import TracebackType
 
 import libvirt
 
-from tests.host_link import HostLink
-from tests.ns_processes import alive, end, kill_namespace, mount_ns_of
+from tests.host_link import HostLink, candidates
+from tests.ns_processes import alive, end, identity, kill_namespace, mount_ns_of, same_process
 from tests.unix_forward import UnixForward
 
 #: Where every SecondHost keeps its state dir, named by its X.
@@ -172,15 +180,8 @@ class SecondHost:
     def start(self) -> None:
         """Make the namespaces, start virtlogd and libvirtd, wait until libvirtd answers."""
         sweep_stale()
-        self._link = HostLink.create()
         try:
-            self.dir = STATE_ROOT / str(self._link.x)
-            shutil.rmtree(self.dir, ignore_errors=True)
-            # Made whole, then renamed into place: a sweep never sees a dir with no owner.
-            STATE_ROOT.mkdir(parents=True, exist_ok=True)
-            fresh = Path(tempfile.mkdtemp(dir=STATE_ROOT, prefix=".new-"))
-            (fresh / "owner").write_text(str(os.getpid()))
-            fresh.rename(self.dir)
+            self._link = self._claim()
             self._prepare_dirs()
             self._forward = UnixForward(self.root_addr, LIBVIRT_PORT, ROOT_SOCKET)
             self._start_keeper()
@@ -189,6 +190,28 @@ class SecondHost:
             with contextlib.suppress(Exception):
                 self.close()
             raise
+
+    def _claim(self) -> HostLink:
+        """Take a free X: first its state dir (renamed into place whole, with its owner, so
+        X stays taken until a sweep is done with it), then its network namespace."""
+        STATE_ROOT.mkdir(parents=True, exist_ok=True)
+        for x in candidates():
+            fresh = Path(tempfile.mkdtemp(dir=STATE_ROOT, prefix=".new-"))
+            # "owner" holds the bare PID, as the first version of this module (which may be
+            # running beside this one) reads it; "owner_id" tells a reused PID apart.
+            (fresh / "owner").write_text(str(os.getpid()))
+            (fresh / "owner_id").write_text(identity(os.getpid()) or "")
+            try:
+                fresh.rename(STATE_ROOT / str(x))  # fails when X has a dir, stale or not
+            except OSError:
+                shutil.rmtree(fresh)
+                continue
+            link = HostLink.create(x)
+            if link is not None:
+                self.dir = STATE_ROOT / str(x)
+                return link
+            shutil.rmtree(STATE_ROOT / str(x))  # a namespace of that name not ours
+        raise RuntimeError("no free 169.254.X.0/30 for a SecondHost")
 
     def _prepare_dirs(self) -> None:
         for sub in ("run", "lib", "log"):
@@ -233,8 +256,9 @@ class SecondHost:
         mount_ns = mount_ns_of(self._keeper_pid)
         if mount_ns is None or mount_ns == mount_ns_of(os.getpid()):
             raise RuntimeError(f"keeper {self._keeper_pid} is not in a mount namespace of its own")
-        # Kept for close and the sweep: processes stay in the namespace after the keeper.
+        # For close and the sweep: the namespace is known by its name while the keeper runs.
         (self.dir / "mnt_ns").write_text(mount_ns)
+        (self.dir / "keeper").write_text(identity(self._keeper_pid) or "")
 
     # -- daemons ------------------------------------------------------------------------
 
@@ -243,7 +267,9 @@ class SecondHost:
             pid = int((self.dir / f"{name}.pid").read_text())
         except (OSError, ValueError):
             return None
-        return pid if alive(pid) else None
+        # A daemon that died leaves its PID file; the number may be another process's now.
+        mine = _verified_mount_ns(self.dir)
+        return pid if mine is not None and alive(pid) and mount_ns_of(pid) == mine else None
 
     def libvirtd_running(self) -> bool:
         """True while the host's libvirtd process lives."""
@@ -261,12 +287,16 @@ class SecondHost:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                libvirt.open(self.uri).close()
-                return
+                conn = libvirt.open(self.uri)
+                break
             except libvirt.libvirtError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+        try:
+            _await_reconnects(conn)
+        finally:
+            conn.close()
 
     def stop_libvirtd(self, sig: int = signal.SIGTERM) -> None:
         """Stop the host's libvirtd (SIGKILL for a crash); its guests keep running, as on a
@@ -294,11 +324,12 @@ class SecondHost:
             except Exception as exc:  # each step must run whatever the one before did
                 failures.append(f"{name}: {exc!r}")
 
-        if self._keeper_pid is not None and alive(self._keeper_pid):
+        if self.dir != Path() and _verified_mount_ns(self.dir):  # the keeper still runs
             step("remove domains", self._remove_domains)
             step("stop daemons", self._stop_daemons)
         if self._keeper is not None:
-            step("kill processes", lambda: kill_namespace(self._read("mnt_ns"), self._link))
+            step("kill processes", lambda: kill_namespace(_verified_mount_ns(self.dir),
+                                                          self._link))
             step("reap keeper", self._reap_keeper)
         if self._forward is not None:
             step("stop forwarder", self._forward.close)
@@ -351,10 +382,43 @@ class SecondHost:
                 end(pid, signal.SIGTERM)
 
 
+def _await_reconnects(conn: libvirt.virConnect) -> None:
+    """Return once libvirtd has reconnected to the guests it found running at its start.
+
+    It answers before that: a destroy during the reconnect kills the guest and still
+    fails with "domain is not running". A query job waits for the reconnect's job.
+    """
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.memoryStats()
+
+
 def _remove_if_empty(path: Path) -> None:
     """rmdir path unless something was put there from the root side (the caller's to keep)."""
     if path.is_dir() and not any(path.iterdir()):
         path.rmdir()
+
+
+def _verified_mount_ns(state: Path) -> str | None:
+    """The host's mount namespace name while its keeper runs in it; None otherwise (the
+    name may be a newer namespace's by now)."""
+    try:
+        mount_ns, keeper = (state / "mnt_ns").read_text(), (state / "keeper").read_text()
+    except OSError:
+        return None
+    pid = same_process(keeper)
+    return mount_ns if pid is not None and mount_ns_of(pid) == mount_ns else None
+
+
+def _owner_alive(state: Path) -> bool:
+    try:
+        return same_process((state / "owner_id").read_text()) is not None
+    except OSError:
+        pass
+    try:
+        return alive(int((state / "owner").read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 def sweep_stale() -> None:
@@ -362,20 +426,11 @@ def sweep_stale() -> None:
     if not STATE_ROOT.is_dir():
         return
     for state in STATE_ROOT.iterdir():
-        try:
-            owner = int((state / "owner").read_text())
-        except (OSError, ValueError):
-            owner = 0
-        if (owner and alive(owner)) or (not owner and state.name.startswith(".")):
+        if _owner_alive(state) or (not (state / "owner").exists() and state.name[0] == "."):
             continue  # alive, or a dir still being made (its owner is written next)
-        try:
-            mount_ns: str | None = (state / "mnt_ns").read_text()
-        except OSError:
-            mount_ns = None
-        if mount_ns == mount_ns_of(os.getpid()):
-            mount_ns = None  # never a host's: kill_namespace refuses it
+        # X stays claimed by this dir until it goes, so cw-host-X is the stale host's.
         link = HostLink(int(state.name)) if state.name.isdigit() else None
-        kill_namespace(mount_ns, link)
+        kill_namespace(_verified_mount_ns(state), link)
         if link is not None:
             link.remove()
         shutil.rmtree(state, ignore_errors=True)
