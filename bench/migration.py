@@ -21,7 +21,12 @@ PERSIST_DEST, UNDEFINE_SOURCE, UNSAFE) and VIR_MIGRATE_PARAM_URI tcp://ADDR:
 - ``virsh`` (the baseline, as issue 13 names it): ``virsh -c SRC migrate
   --live --p2p --persistent --undefinesource --unsafe --migrateuri
   tcp://ADDR DOM DESTURI`` as a subprocess;
-- ``libvirt``: ``migrateToURI3`` from this process, the call the worker makes.
+- ``libvirt``: ``migrateToURI3`` from this process, the call the worker makes;
+- ``workers``: the same move through two workers (A's here, B's in B's mount
+  namespace; tests.e2e.migration_support), as nova's conductor asks for it:
+  check_can_live_migrate_destination (a call to B, which asks A), then
+  live_migration (a cast to A, which calls B's pre and post), timed until
+  A's instance.live_migration_post.end arrives.
 An arm is any ``Callable[[], Move]`` that makes the next move of its guest;
 ``run_arms`` takes a dict of them, so "through the workers" is one more entry.
 Run: .venv/bin/python -m bench.migration [--rounds 5] [--no-record]
@@ -33,15 +38,18 @@ import argparse
 import contextlib
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import libvirt
 
 from bench.common import append_result, machine
 from tests.domains import QEMU_URI, qemu_domain_type, remove_domains
+from tests.e2e.migration_support import Pair, pair_of_hosts
 from tests.migrations import LIVE_FLAGS, completed_stats, migrate
 from tests.second_host import SecondHost
 from worker.virt.domain_xml import DomainSpec, domain, to_string
@@ -121,6 +129,18 @@ def virsh_arm(guest: Guest) -> Arm:
     return move
 
 
+def workers_arm(pair: Pair, guest: Guest) -> Arm:
+    """Each call: nova's conductor calls through the two workers (the destination's check,
+    the source's live_migration cast), timed until the source's live_migration_post.end."""
+    hosts = {"A": pair.a, "B": pair.b}
+
+    def move() -> Move:
+        started = time.perf_counter()
+        pair.move(guest.uid, hosts[guest.here.name], hosts[guest.there.name])
+        return guest.moved(time.perf_counter() - started)
+    return move
+
+
 def run_arms(arms: dict[str, Arm], rounds: int) -> dict[str, list[Move]]:
     """Each round, every arm moves its guest there and back; the arms take turns, the
     first arm changing each round. Every arm's moves, in order."""
@@ -172,6 +192,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="A -> B -> A trips per arm")
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--broker-url", default="amqp://guest:guest@127.0.0.1:5672//",
+                        help="RabbitMQ for the workers' arm")
     ns = parser.parse_args()
     start_event_loop()  # before any connection opens, as the worker does
     made: list[str] = []
@@ -181,11 +203,18 @@ def main() -> None:
         b = Side("B", libvirt.open(host.uri), host.uri, host.uri, host.migration_uri)
         domain_type = qemu_domain_type(a.conn)
         try:
-            arms: dict[str, Arm] = {}
-            for name, make in ((BASELINE, virsh_arm), ("libvirt", libvirt_arm)):
+            with tempfile.TemporaryDirectory(prefix="cw-bench-mig-") as work, pair_of_hosts(
+                    host, tag=uuid.uuid4().hex[:8], broker_url=ns.broker_url,
+                    work=Path(work), instances=Path(work) / "instances",
+                    b_instances_seen=Path(work) / "instances",
+                    images=Path(work) / "images") as pair:
+                arms: dict[str, Arm] = {}
+                for name, make in ((BASELINE, virsh_arm), ("libvirt", libvirt_arm)):
+                    made.append(start_guest(a.conn, domain_type))
+                    arms[name] = make(Guest(made[-1], a, b))
                 made.append(start_guest(a.conn, domain_type))
-                arms[name] = make(Guest(made[-1], a, b))
-            moves = run_arms(arms, ns.rounds)
+                arms["workers"] = workers_arm(pair, Guest(made[-1], a, b))
+                moves = run_arms(arms, ns.rounds)
         finally:
             for uri in (QEMU_URI, host.uri):  # the host's close() would remove its own too
                 with contextlib.suppress(libvirt.libvirtError):
