@@ -1,0 +1,104 @@
+"""A RabbitMQ cluster on this machine: PrivateBroker nodes joined to the first one.
+
+DESIGN.md's recipe: each node its own name, ports and directories (the
+server drops to the rabbitmq user, whose Erlang cookie all of them share),
+then ``stop_app``, ``join_cluster``, ``start_app`` on every node but the
+first. The cluster tests of issue 15 stop, start and SIGKILL nodes under
+load; ``close()`` stops every node and removes its directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from types import TracebackType
+
+from tests.brokers import PrivateBroker, pid_alive, wait_until
+
+
+class BrokerCluster:
+    """size RabbitMQ nodes in one cluster."""
+
+    def __init__(self, size: int = 3, name: str = "cwcluster") -> None:
+        self.nodes = [PrivateBroker(f"{name}{index}", port=5690 + index,
+                                    dist_port=25690 + index) for index in range(size)]
+
+    def __enter__(self) -> BrokerCluster:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Boot every node, then join each to the first one."""
+        try:
+            for node in self.nodes:
+                node.start()
+            first = self.nodes[0].node
+            for node in self.nodes[1:]:
+                node.ctl("stop_app")
+                node.ctl("join_cluster", first)
+                node.start_app()
+            wait_until(lambda: len(self.running()) == len(self.nodes), 60,
+                       "every node running in the cluster")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.close()
+            raise
+
+    def running(self) -> list[str]:
+        """The cluster's running nodes, as the first reachable node sees them."""
+        for node in self.nodes:
+            if node.pid() is None:
+                continue
+            try:
+                status = json.loads(node.ctl("cluster_status", "--formatter", "json",
+                                             timeout=30))
+            except (AssertionError, ValueError):
+                continue
+            return sorted(status.get("running_nodes", []))
+        return []
+
+    @property
+    def kombu_url(self) -> str:
+        """kombu's failover form: one URL per node, ``;``-separated."""
+        return ";".join(node.url for node in self.nodes)
+
+    @property
+    def oslo_url(self) -> str:
+        """oslo's form: ``rabbit://u:p@h1:p1,u:p@h2:p2,.../``."""
+        hosts = ",".join(f"guest:guest@127.0.0.1:{node.port}" for node in self.nodes)
+        return f"rabbit://{hosts}/"
+
+    def by_name(self, erlang_name: str) -> PrivateBroker:
+        """The node called erlang_name (``cwcluster1@host``)."""
+        return next(node for node in self.nodes if node.node == erlang_name)
+
+    def leader(self, queue: str) -> PrivateBroker:
+        """The node that leads a quorum queue now."""
+        for node in self.nodes:
+            if node.pid() is None:
+                continue
+            rows = json.loads(node.ctl("list_queues", "name", "leader", "--formatter",
+                                       "json", timeout=30) or "[]")
+            for row in rows:
+                if row.get("name") == queue and row.get("leader"):
+                    return self.by_name(str(row["leader"]))
+        raise AssertionError(f"no node leads {queue}")
+
+    def kill(self, node: PrivateBroker) -> None:
+        """SIGKILL a node's Erlang VM: no goodbye to its peers or clients."""
+        pid = node.pid()
+        assert pid is not None, f"{node.node} is not running"
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not pid_alive(pid), 30, f"{node.node} to die")
+
+    def close(self) -> None:
+        """Stop every node and remove its directories."""
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                node.close()
