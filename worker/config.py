@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from worker import logs
 from worker.errors import ConfigError
 
 # The option dataclasses live in worker.options; re-exported so ``from worker.config import
@@ -44,8 +46,11 @@ from worker.options import (
 __all__ = [
     "FIELDS", "GROUPS", "MONITORS", "SECTIONS", "VIRT_TYPES", "VIRT_URIS", "Config",
     "ImageCacheOptions", "LibvirtOptions", "NotificationOptions", "Option", "RabbitOptions",
-    "VncOptions", "WorkaroundsOptions", "WorkerOptions", "build", "load",
+    "Unknown", "VncOptions", "WorkaroundsOptions", "WorkerOptions", "build", "config_files",
+    "load", "warn_unknown",
 ]
+
+log = logs.get(__name__)
 
 ENV_PREFIX = "COMPUTE_WORKER_"
 #: Sections where any option may stand, as every option could before sections.
@@ -122,7 +127,35 @@ def _coerce(name: str, raw: Any) -> Any:
     return value
 
 
-def _from_ini(path: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Unknown:
+    """A section, or an option in a section, of a config file that the worker does not read."""
+
+    path: str
+    section: str
+    #: None: the whole section is unknown.
+    option: str | None = None
+
+    @property
+    def hint(self) -> str | None:
+        """The known name closest to a misspelt one, if one is close."""
+        known = list(FIELDS) if self.option is not None else [*SECTIONS, *FLAT_SECTIONS]
+        close = difflib.get_close_matches(self.option or self.section, known, n=1, cutoff=0.8)
+        return close[0] if close else None
+
+    @property
+    def text(self) -> str:
+        """One line naming the file, the section and the option."""
+        what = (f"unknown section [{self.section}]" if self.option is None
+                else f"unknown option {self.option} in [{self.section}]")
+        hint = self.hint
+        if hint:
+            what += f" (did you mean {f'[{hint}]' if self.option is None else hint}?)"
+        return f"config file {self.path}: {what}"
+
+
+def _from_ini(path: str, unknown: list[Unknown]) -> dict[str, str]:
+    """The options of one file by flat name; what it holds that we do not read goes to unknown."""
     # DEFAULT read as a section of its own: configparser would merge it into every section.
     parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
     try:
@@ -133,23 +166,38 @@ def _from_ini(path: str) -> dict[str, str]:
     except configparser.Error as exc:
         raise ConfigError(f"config file {path}: {exc.message}") from None
     values: dict[str, str] = {}
-    unknown: list[str] = []
     # [DEFAULT] first, so that an option's own section wins over it wherever it stands.
     for section in sorted(parser.sections(), key=lambda name: name != "DEFAULT"):
         if section not in SECTIONS and section not in FLAT_SECTIONS:
-            continue  # nova's own sections (and others) may share the file
+            # nova's own sections may share the file, but so may a misspelt one of ours:
+            # named, never silently dropped.
+            unknown.append(Unknown(path, section))
+            continue
         for name, value in parser.items(section):
             row = FIELDS.get(name)
             if row is None:
-                unknown.append(name)
+                unknown.append(Unknown(path, section, name))
                 continue
             if section != row.section and section not in FLAT_SECTIONS:
                 raise ConfigError(f"config file {path}: option {name} belongs in "
                                   f"[{row.section}], not [{section}]")
             values[name] = value
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(sorted(unknown))}")
     return values
+
+
+def config_files(files: str | Sequence[str] | None = None,
+                 dirs: str | Sequence[str] | None = None) -> list[str]:
+    """The files to read, in order, as nova's services take them: each --config-file, then
+    each --config-dir's ``*.conf`` sorted by name."""
+    paths = [files] if isinstance(files, str) else list(files or ())
+    for folder in [dirs] if isinstance(dirs, str) else list(dirs or ()):
+        try:
+            names = sorted(entry.name for entry in os.scandir(folder)
+                           if entry.name.endswith(".conf") and not entry.is_dir())
+        except OSError as exc:
+            raise ConfigError(f"config dir {folder}: {exc.strerror}") from None
+        paths += [os.path.join(folder, name) for name in names]
+    return paths
 
 
 def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -176,22 +224,47 @@ def build(values: Mapping[str, Any]) -> Config:
 
 
 def load(
-    config_file: str | None = None,
+    config_file: str | Sequence[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    config_dir: str | Sequence[str] | None = None,
+    strict: bool = False,
+    unknown: list[Unknown] | None = None,
 ) -> Config:
-    """Build a Config: defaults < INI file < environment < explicit overrides (flat names)."""
+    """Build a Config: defaults < INI files < environment < explicit overrides (flat names).
+
+    config_file is one file or several, read in order (a later one wins), then each
+    config_dir's ``*.conf``. What the files hold that the worker does not read is an
+    error when strict, else appended to unknown (logged as warnings when unknown is None).
+    """
     layered: dict[str, Any] = {}
-    if config_file:
-        layered.update(_from_ini(config_file))
+    found: list[Unknown] = []
+    for path in config_files(config_file, config_dir):
+        layered.update(_from_ini(path, found))
+    if found and strict:
+        raise ConfigError("; ".join(item.text for item in found) + " (--strict-config)")
+    if unknown is not None:
+        unknown.extend(found)
+    else:
+        warn_unknown(found)
     layered.update(_from_env(os.environ if environ is None else environ))
-    unknown = sorted(k for k, v in (overrides or {}).items() if k not in FIELDS and v is not None)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)}")
+    wrong = sorted(k for k, v in (overrides or {}).items() if k not in FIELDS and v is not None)
+    if wrong:
+        raise ConfigError(f"unknown option(s) {', '.join(wrong)}")
     layered.update({k: v for k, v in (overrides or {}).items() if v is not None})
     config = build({name: _coerce(name, raw) for name, raw in layered.items()})
     _check(config)
     return config
+
+
+def warn_unknown(found: Sequence[Unknown]) -> None:
+    """One warning per unknown section or option, naming the file (after logs.setup)."""
+    for item in found:
+        named = {"option": item.option} if item.option is not None else {}
+        hint = {"did_you_mean": item.hint} if item.hint else {}
+        log.warning("config_section_unknown" if item.option is None else "config_option_unknown",
+                    file=item.path, section=item.section, **named, **hint)
 
 
 def _check(config: Config) -> None:
