@@ -279,6 +279,10 @@ class Config:
     worker: WorkerOptions = field(default_factory=WorkerOptions)
     vnc: VncOptions = field(default_factory=VncOptions)
     workarounds: WorkaroundsOptions = field(default_factory=WorkaroundsOptions)
+    log_format: str = _opt(
+        "auto", "log lines: json (one object a line), console (readable), or auto: console "
+        "on a terminal, json otherwise", choices=("auto", "json", "console")
+    )
 
     @property
     def libvirt_uri(self) -> str:

@@ -92,7 +92,7 @@ def _config(ns: argparse.Namespace) -> Config:
     unknown: list[config_mod.Unknown] = []
     cfg = config_mod.load(ns.config_file, overrides, config_dir=ns.config_dir,
                           strict=ns.strict_config, unknown=unknown)
-    logs.setup(cfg.log_level)
+    logs.setup(cfg.log_level, cfg.log_format)
     config_mod.warn_unknown(unknown)  # only now: logs.setup decides where warnings go
     return cfg
 
@@ -151,6 +151,7 @@ def _client(ns: argparse.Namespace, cfg: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    sys.excepthook = logs.masked_excepthook  # a traceback no one caught is masked too
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "demo":
@@ -166,13 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_checks(cfg)
         return _client(ns, cfg)
     except ConfigError as exc:
-        print(f"compute-worker: error: {exc.message}", file=sys.stderr)
+        print(logs.mask(f"compute-worker: error: {exc.message}"), file=sys.stderr)
         return 2
     except WorkerError as exc:
-        print(f"compute-worker: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        print(logs.mask(f"compute-worker: {type(exc).__name__}: {exc.message}"),
+              file=sys.stderr)
         return 1
     except OSError as exc:  # broker unreachable and the like: one line, no traceback
-        print(f"compute-worker: {exc}", file=sys.stderr)
+        print(logs.mask(f"compute-worker: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
