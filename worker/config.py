@@ -297,7 +297,29 @@ def _check(config: Config) -> None:
         if len(name.encode("utf-8")) > 255:
             raise ConfigError(f"option {option}: makes the AMQP name {name[:40]!r}... longer "
                               "than 255 bytes")
+    _check_transport_url(config.transport_url)
     _check_vnc(config.vnc)
+
+
+def _check_transport_url(transport_url: str) -> None:
+    """Each node is a URL kombu can take apart; the error never shows the value."""
+    nodes = [url.strip() for url in transport_url.split(";") if url.strip()]
+    if not nodes:
+        raise ConfigError("option transport_url: no broker URL")
+    for number, url in enumerate(nodes, 1):
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            # A bare "/" in a password ends the host part early: kombu would then fail
+            # on a "port" that is the password's beginning, and say so with it.
+            raise ConfigError(f"option transport_url: node {number} is not a URL kombu can "
+                              "read: its port must be a number up to 65535, and a password "
+                              "with '/', '?' or '#' in it percent-encoded (%2F, %3F, %23)"
+                              ) from None
+        if not parts.scheme:
+            raise ConfigError(f"option transport_url: node {number} has no scheme "
+                              "(amqp://, amqps:// or memory://)")
 
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -380,3 +380,21 @@ def test_the_example_config_leaves_host_to_the_hostname() -> None:
 
     assert socket.gethostname() == cfg.host
     assert [] == re.findall(r"^host\s*=.*", example.read_text(encoding="utf-8"), flags=re.M)
+
+
+@pytest.mark.parametrize("url", ["amqp://nova:s3c/ret@rabbit:5672//",
+                                 "amqp://g:g@a:1//;amqp://nova:s3c/ret@rabbit:5672//",
+                                 "amqp://nova:s3cret@rabbit:99999//"])
+def test_a_transport_url_kombu_cannot_read_is_refused_without_showing_it(url: str) -> None:
+    """A bare "/" in the password made kombu fail on the "port" s3c, printing it: refused here."""
+    with pytest.raises(ConfigError) as caught:
+        config.load(overrides={"transport_url": url}, environ={})
+
+    assert caught.value.message.startswith("option transport_url: node ")
+    assert "s3c" not in caught.value.message
+
+
+def test_a_transport_url_without_a_scheme_is_refused() -> None:
+    """A host name alone is not a broker URL."""
+    with pytest.raises(ConfigError, match="has no scheme"):
+        config.load(overrides={"transport_url": "rabbit"}, environ={})
