@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
 import types
 from collections.abc import Callable, MutableMapping
@@ -135,6 +136,15 @@ def masked_excepthook(kind: type[BaseException], value: BaseException,
                       tb: types.TracebackType | None) -> None:
     """sys.excepthook that prints the usual traceback, credentials masked."""
     sys.stderr.write(mask("".join(traceback.format_exception(kind, value, tb))))
+
+
+def masked_thread_excepthook(args: threading.ExceptHookArgs) -> None:
+    """threading.excepthook that prints what a dying thread raised, credentials masked."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else threading.get_ident()
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    sys.stderr.write(mask(f"Exception in thread {name}:\n{text}"))
 
 
 def get(name: str) -> Any:

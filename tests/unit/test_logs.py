@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -182,3 +183,23 @@ def test_masked_excepthook_prints_the_traceback_without_the_password(
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "amqp://nova:***@h//" in err
     assert PASSWORD not in err
+
+
+def test_masked_thread_excepthook_masks_what_a_dying_thread_raised(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An exception that ends a thread is printed with its thread's name, password masked."""
+    def die() -> None:
+        raise RuntimeError(f"amqp://nova:{PASSWORD}@h//")
+
+    thread = threading.Thread(target=die, name="consumer")
+    previous = threading.excepthook
+    threading.excepthook = logs.masked_thread_excepthook
+    try:
+        thread.start()
+        thread.join()
+    finally:
+        threading.excepthook = previous
+
+    err = capsys.readouterr().err
+    assert err.startswith("Exception in thread consumer:\nTraceback")
+    assert "amqp://nova:***@h//" in err and PASSWORD not in err

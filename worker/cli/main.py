@@ -151,7 +151,10 @@ def _client(ns: argparse.Namespace, cfg: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    sys.excepthook = logs.masked_excepthook  # a traceback no one caught is masked too
+    if argv is None:  # the command itself, not a caller (a test) that keeps its own hooks
+        # A traceback no one caught, on this thread or another, is masked too.
+        sys.excepthook = logs.masked_excepthook
+        threading.excepthook = logs.masked_thread_excepthook
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "demo":
