@@ -26,7 +26,7 @@ from worker.service import Service
 
 BROKER_URL = os.environ.get("COMPUTE_WORKER_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
 
-logs.setup("warning")
+logs.setup("warning", "json")
 # Loggers stay uncached, so that info_logs can lower the level for one test: a cached
 # logger keeps the level it was first used at.
 structlog.configure(cache_logger_on_first_use=False)

@@ -202,3 +202,19 @@ def test_an_answer_splits_a_call_s_reply_from_the_state_its_event_carries(
                "instance.interface_attach.end")
     assert ("running", "active") == (end["payload"]["nova_object.data"]["power_state"],
                                      end["payload"]["nova_object.data"]["state"])
+
+
+def test_each_verb_s_completion_line_carries_its_duration(
+        make_core: Callable[..., Core], info_logs: list[dict[str, Any]]) -> None:
+    """verb_completed and verb_failed say how long the handler ran, in milliseconds."""
+    core = make_core()
+    core.deliver(cast("pause_instance", core.uuids[0]), 1)
+    core.deliver(cast("pause_instance", "00000000-0000-4000-8000-000000000000"), 2)
+    assert (["ack"], ["ack"]) == (core.settles.wait(1), core.settles.wait(2))
+
+    lines = {e["event"]: e for e in info_logs if e["event"] in ("verb_completed", "verb_failed")}
+    assert {"verb_completed", "verb_failed"} == set(lines)
+    for line in lines.values():
+        assert isinstance(line["duration_ms"], float)
+        assert 0 < line["duration_ms"] < 10_000
+    assert "pause" == lines["verb_completed"]["action"]

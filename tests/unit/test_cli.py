@@ -78,3 +78,32 @@ def test_no_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> N
 
     assert 2 == caught.value.code
     assert "usage: compute-worker" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "check", "cast", "call", "events"])
+def test_config_files_and_dirs_are_taken_as_nova_s_services_take_them(command: str) -> None:
+    """--config (the old name) and --config-file repeat in order; --config-dir repeats too."""
+    from worker.cli.main import build_parser
+
+    positional = ["h", "m"] if command in ("cast", "call") else []
+    ns = build_parser().parse_args([command, *positional, "--config", "a.conf",
+                                    "--config-file", "b.conf", "--config-dir", "d1",
+                                    "--config-dir", "d2", "--strict-config"])
+
+    assert (["a.conf", "b.conf"], ["d1", "d2"], True) == (
+        ns.config_file, ns.config_dir, ns.strict_config)
+
+
+def test_a_later_config_file_wins_on_the_command_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two --config-file with a bad value in the first only: the second's good value wins."""
+    first = tmp_path / "a.conf"
+    first.write_text("[DEFAULT]\nmax_concurrent_ops = 0\n", encoding="utf-8")
+    second = tmp_path / "b.conf"
+    second.write_text("[DEFAULT]\nmax_concurrent_ops = 2\nlog_level = bogus\n", encoding="utf-8")
+
+    code = main(["run", "--config-file", str(first), "--config-file", str(second)])
+
+    assert 2 == code  # stopped by the second file's log_level, not the first's 0
+    assert ("compute-worker: error: option log_level: 'bogus' is not one of debug, info, "
+            "warning, error") == capsys.readouterr().err.strip()

@@ -193,14 +193,106 @@ def test_nan_is_not_a_number_of_seconds(option: str) -> None:
         config.load(environ={f"COMPUTE_WORKER_{option.upper()}": "nan"})
 
 
-def test_unknown_ini_option_is_named(tmp_path: Path) -> None:
-    """An option the worker does not know, in [DEFAULT] or our section, is an error naming it."""
+def test_unknown_ini_option_is_named_with_its_file_and_section(tmp_path: Path) -> None:
+    """An option the worker does not know is kept aside, naming the file, section and option."""
     path = write_ini(tmp_path, "[DEFAULT]\ndebug = true\n[compute_worker]\nheartbeet = 5\n")
+    unknown: list[config.Unknown] = []
+
+    cfg = config.load(path, environ={}, unknown=unknown)
+
+    assert [f"config file {path}: unknown option debug in [DEFAULT]",
+            f"config file {path}: unknown option heartbeet in [compute_worker] "
+            "(did you mean heartbeat?)"] == [item.text for item in unknown]
+    assert Config() == cfg  # the rest of the file still counts; here there is none
+
+
+def test_unknown_and_misspelt_sections_are_named_not_silently_dropped(tmp_path: Path) -> None:
+    """[api] (nova's) and [oslo_messaging_rabit] (ours, misspelt) are each one Unknown."""
+    path = write_ini(tmp_path, "[api]\nauth_strategy = keystone\n"
+                               "[oslo_messaging_rabit]\nheartbeat = 5\n")
+    unknown: list[config.Unknown] = []
+
+    cfg = config.load(path, environ={}, unknown=unknown)
+
+    assert [f"config file {path}: unknown section [api]",
+            f"config file {path}: unknown section [oslo_messaging_rabit] "
+            "(did you mean [oslo_messaging_rabbit]?)"] == [item.text for item in unknown]
+    assert 20 == cfg.rabbit.heartbeat  # the misspelt section's value is not read
+
+
+def test_unknowns_are_logged_as_warnings_when_nobody_collects_them(
+        tmp_path: Path, info_logs: list[dict[str, Any]]) -> None:
+    """load() without an unknown list logs one warning each, naming file, section and option."""
+    path = write_ini(tmp_path, "[libvirt]\nimages_type = rbd\n[glance]\napi_servers = x\n")
+
+    config.load(path, environ={})
+
+    assert [("config_option_unknown", path, "libvirt", "images_type"),
+            ("config_section_unknown", path, "glance", None)] == [
+        (e["event"], e["file"], e["section"], e.get("option")) for e in info_logs
+        if e["event"].startswith("config_")]
+    assert {"warning"} == {e["log_level"] for e in info_logs if e["event"].startswith("config_")}
+
+
+def test_strict_config_makes_unknowns_one_error_line(tmp_path: Path) -> None:
+    """With strict, the same file is a ConfigError naming every unknown on one line."""
+    path = write_ini(tmp_path, "[DEFAULT]\ndebug = true\n[glance]\napi_servers = x\n")
 
     with pytest.raises(ConfigError) as caught:
-        config.load(path, environ={})
+        config.load(path, environ={}, strict=True)
 
-    assert f"config file {path}: unknown option(s) debug, heartbeet" == caught.value.message
+    assert (f"config file {path}: unknown option debug in [DEFAULT]; "
+            f"config file {path}: unknown section [glance] (--strict-config)"
+            ) == caught.value.message
+
+
+def test_strict_config_accepts_a_file_with_only_known_options(tmp_path: Path) -> None:
+    """strict refuses only what the worker does not read."""
+    path = write_ini(tmp_path, "[DEFAULT]\nhost = h1\n[libvirt]\nvirt_type = test\n")
+
+    assert ("h1", "test") == (lambda c: (c.host, c.libvirt.virt_type))(
+        config.load(path, environ={}, strict=True))
+
+
+def test_several_config_files_are_read_in_order_and_a_later_one_wins(tmp_path: Path) -> None:
+    """--config-file a --config-file b: b's values beat a's, a's others stay."""
+    first = tmp_path / "a.conf"
+    first.write_text("[DEFAULT]\nhost = h1\ntopic = t1\n", encoding="utf-8")
+    second = tmp_path / "b.conf"
+    second.write_text("[DEFAULT]\ntopic = t2\n", encoding="utf-8")
+
+    cfg = config.load([str(first), str(second)], environ={})
+
+    assert ("h1", "t2") == (cfg.host, cfg.topic)
+
+
+def test_config_dir_is_read_sorted_after_the_files(tmp_path: Path) -> None:
+    """--config-dir's *.conf come after every --config-file, by name; other files are skipped."""
+    main = tmp_path / "main.conf"
+    main.write_text("[DEFAULT]\nhost = h1\ntopic = from-file\n", encoding="utf-8")
+    folder = tmp_path / "conf.d"
+    folder.mkdir()
+    (folder / "20-late.conf").write_text("[DEFAULT]\ntopic = from-20\n", encoding="utf-8")
+    (folder / "10-early.conf").write_text("[DEFAULT]\ntopic = from-10\n"
+                                          "control_exchange = from-10\n", encoding="utf-8")
+    (folder / "30-ignored.conf.dpkg-old").write_text("[DEFAULT]\ntopic = x\n",
+                                                    encoding="utf-8")
+
+    cfg = config.load(str(main), environ={}, config_dir=str(folder))
+
+    assert [str(main), str(folder / "10-early.conf"), str(folder / "20-late.conf")] == (
+        config.config_files(str(main), str(folder)))
+    assert ("h1", "from-20", "from-10") == (cfg.host, cfg.topic, cfg.control_exchange)
+
+
+def test_missing_config_dir_is_a_config_error(tmp_path: Path) -> None:
+    """A --config-dir that does not exist is one ConfigError naming it, as oslo refuses it."""
+    folder = str(tmp_path / "absent.d")
+
+    with pytest.raises(ConfigError) as caught:
+        config.load(None, environ={}, config_dir=folder)
+
+    assert f"config dir {folder}: No such file or directory" == caught.value.message
 
 
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
@@ -274,7 +366,35 @@ def test_every_option_the_example_config_shows_is_one_the_worker_reads(tmp_path:
     path = tmp_path / "all.conf"
     path.write_text(text.replace("\nhost =\n", "\n"), encoding="utf-8")
 
-    cfg = config.load(str(path), environ={})
+    cfg = config.load(str(path), environ={}, strict=True)
 
     assert ("physnet1:br-ex", 2400) == (cfg.worker.bridge_mappings,
                                         cfg.image_cache.manager_interval)
+
+
+def test_the_example_config_leaves_host_to_the_hostname() -> None:
+    """Copied as it is to every host, the example names no host: each consumes its own queue."""
+    example = Path(__file__).parents[2] / "systemd" / "compute-worker.conf.example"
+
+    cfg = config.load(str(example), environ={}, strict=True)
+
+    assert socket.gethostname() == cfg.host
+    assert [] == re.findall(r"^host\s*=.*", example.read_text(encoding="utf-8"), flags=re.M)
+
+
+@pytest.mark.parametrize("url", ["amqp://nova:s3c/ret@rabbit:5672//",
+                                 "amqp://g:g@a:1//;amqp://nova:s3c/ret@rabbit:5672//",
+                                 "amqp://nova:s3cret@rabbit:99999//"])
+def test_a_transport_url_kombu_cannot_read_is_refused_without_showing_it(url: str) -> None:
+    """A bare "/" in the password made kombu fail on the "port" s3c, printing it: refused here."""
+    with pytest.raises(ConfigError) as caught:
+        config.load(overrides={"transport_url": url}, environ={})
+
+    assert caught.value.message.startswith("option transport_url: node ")
+    assert "s3c" not in caught.value.message
+
+
+def test_a_transport_url_without_a_scheme_is_refused() -> None:
+    """A host name alone is not a broker URL."""
+    with pytest.raises(ConfigError, match="has no scheme"):
+        config.load(overrides={"transport_url": "rabbit"}, environ={})

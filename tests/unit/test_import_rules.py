@@ -50,9 +50,9 @@ RULES = (
 #: The one owner of netlink: taps and bridges are made there and nowhere else.
 NETLINK_HOME = "worker/virt/netdev.py"
 GROUND = ("worker/config.py", "worker/errors.py", "worker/logs.py", "worker/messages.py",
-          "worker/retry.py")
+          "worker/options.py", "worker/retry.py")
 # The ground imports nothing of ours above it; messages.py nothing of ours at all.
-GROUND_MAY = ("worker.config", "worker.errors", "worker.logs", "worker.messages")
+GROUND_MAY = ("worker.config", "worker.errors", "worker.logs", "worker.messages", "worker.options")
 
 
 def _modules() -> list[Path]:

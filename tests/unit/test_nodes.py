@@ -104,3 +104,13 @@ def test_each_unreachable_node_is_logged_with_its_password_masked() -> None:
              "url": "amqp://guest:***@a:5672//",
              "error": "ConnectionRefusedError: a is down"}] == logs
     assert "amqp://guest:***@b:5672//" == masked(URLS[1])
+
+
+@pytest.mark.parametrize("url", ["amqp://u:s3c/ret@h:1//", "amqp://u:s3c@ret@h//",
+                                 "amqp://u:s3c:ret@h//"])
+def test_masked_takes_any_password_whole_and_never_raises(url: str) -> None:
+    """A password with a bare "/", "@" or ":" is masked whole (kombu's parser raised on "/")."""
+    shown = masked(url)
+
+    assert "s3c" not in shown and "ret@" not in shown
+    assert shown.startswith("amqp://u:***@h")

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from kombu import Connection
-from kombu.utils.url import maybe_sanitize_url
 
 from worker import logs
 from worker.config import Config
@@ -26,8 +25,13 @@ def node_urls(transport_url: str) -> list[str]:
 
 
 def masked(url: str) -> str:
-    """url with its password masked, for logs."""
-    return str(maybe_sanitize_url(url, mask="***"))
+    """url with its password masked, for logs.
+
+    By pattern, not by kombu's parser: that raises on a password with a bare "/" (read as
+    a port), inside the very except block reporting the node, with part of the password
+    in its message.
+    """
+    return logs.mask(url)
 
 
 def connection_for(cfg: Config, *, url: str | None = None, confirm: bool = False,

@@ -20,9 +20,17 @@ CLIENT_OPTIONS = ("transport_url", "control_exchange", "topic", "amqp_durable_qu
 
 
 def _add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    parser.add_argument("--config", metavar="FILE",
+    parser.add_argument("--config-file", "--config", dest="config_file", action="append",
+                        metavar="FILE",
                         help="INI file; each option in its [section] as --help groups them "
-                             "(any option may also stand in [DEFAULT] or [compute_worker])")
+                             "(any option may also stand in [DEFAULT] or [compute_worker]); "
+                             "repeatable: read in order, a later file wins")
+    parser.add_argument("--config-dir", action="append", metavar="DIR",
+                        help="directory whose *.conf files are read, sorted by name, after "
+                             "the --config-file files (repeatable)")
+    parser.add_argument("--strict-config", action="store_true",
+                        help="an unknown section or option in a config file is an error "
+                             "(exit 2), not a warning")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name in names:
         row = FIELDS[name]
@@ -79,8 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(ns: argparse.Namespace) -> Config:
+    """The Config of the flags, files and environment; logging set up from it."""
     overrides = {k: getattr(ns, k) for k in FIELDS if getattr(ns, k, None) is not None}
-    return config_mod.load(ns.config, overrides)
+    unknown: list[config_mod.Unknown] = []
+    cfg = config_mod.load(ns.config_file, overrides, config_dir=ns.config_dir,
+                          strict=ns.strict_config, unknown=unknown)
+    logs.setup(cfg.log_level, cfg.log_format)
+    config_mod.warn_unknown(unknown)  # only now: logs.setup decides where warnings go
+    return cfg
 
 
 def _run(cfg: Config, grace: float) -> int:
@@ -137,6 +151,10 @@ def _client(ns: argparse.Namespace, cfg: Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    if argv is None:  # the command itself, not a caller (a test) that keeps its own hooks
+        # A traceback no one caught, on this thread or another, is masked too.
+        sys.excepthook = logs.masked_excepthook
+        threading.excepthook = logs.masked_thread_excepthook
     ns = build_parser().parse_args(argv)
     try:
         if ns.command == "demo":
@@ -144,7 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo()
         cfg = _config(ns)
-        logs.setup(cfg.log_level)
         if ns.command == "run":
             return _run(cfg, ns.grace)
         if ns.command == "check":
@@ -153,13 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_checks(cfg)
         return _client(ns, cfg)
     except ConfigError as exc:
-        print(f"compute-worker: error: {exc.message}", file=sys.stderr)
+        print(logs.mask(f"compute-worker: error: {exc.message}"), file=sys.stderr)
         return 2
     except WorkerError as exc:
-        print(f"compute-worker: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        print(logs.mask(f"compute-worker: {type(exc).__name__}: {exc.message}"),
+              file=sys.stderr)
         return 1
     except OSError as exc:  # broker unreachable and the like: one line, no traceback
-        print(f"compute-worker: {exc}", file=sys.stderr)
+        print(logs.mask(f"compute-worker: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -51,6 +52,13 @@ class Ran:
     #: A verb that failed before changing anything (instance missing, wrong state).
     changed: bool
     failed: bool
+    #: Milliseconds the handler ran (retries while libvirt was away included).
+    duration_ms: float = 0.0
+
+
+def _ms_since(started: float) -> float:
+    """Milliseconds since the monotonic time started, to 0.01 ms."""
+    return round((time.monotonic() - started) * 1000, 2)
 
 
 @dataclass(frozen=True)
@@ -208,7 +216,7 @@ class Dispatcher:
         # again (idempotently), and the log never claims a completion the
         # journal would not know after a restart.
         if not ran.failed:
-            log.info("verb_completed", action=method.action)
+            log.info("verb_completed", action=method.action, duration_ms=ran.duration_ms)
         self._finish(record, ran.answers)
 
     def _journal_call(self, call: Callable[[], _T]) -> _T:
@@ -256,6 +264,7 @@ class Dispatcher:
                 START_HOLD)
         result: Any = None
         ran: Ran | None
+        started = time.monotonic()
         try:
             try:
                 result = method.handler(ctx, args)
@@ -272,18 +281,20 @@ class Dispatcher:
                 # the connection that broke, and would fail the same way again.
                 result = policy(lambda: method.handler(self._context(req, instance, args), args))
             ran = Ran(self._answers(req, method, instance, args, result=result), changed=True,
-                      failed=False)
+                      failed=False, duration_ms=_ms_since(started))
         except HypervisorUnavailable as exc:
             log.error("libvirt_unavailable_at_stop_message_requeued", error=exc.message)
             ran = None
         except Exception as exc:  # every failure is answered, none crashes the worker
+            took = _ms_since(started)
             if isinstance(exc, WorkerError) and exc.expected:
-                log.warning("verb_failed", error=type(exc).__name__, reason=exc.message)
+                log.warning("verb_failed", error=type(exc).__name__, reason=exc.message,
+                            duration_ms=took)
             else:
-                log.exception("verb_crashed")
+                log.exception("verb_crashed", duration_ms=took)
             ran = Ran(self._answers(req, method, instance, args, error=exc),
                       changed=not (isinstance(exc, WorkerError) and exc.changes_nothing),
-                      failed=True)
+                      failed=True, duration_ms=took)
         if held is not None:
             # Queued now, without a wake-up: the end event sent next carries it
             # along, so a quick verb's two events leave in one write.
