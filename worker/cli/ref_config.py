@@ -7,6 +7,7 @@ that changed.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import textwrap
 from typing import Any
@@ -64,6 +65,8 @@ def _section_doc(kind: type) -> str:
     return text.split(": ", 1)[1] if text.startswith("``[") and ": " in text else text
 
 
+# Cached: the code it reads does not change while a process runs.
+@functools.cache
 def render() -> str:
     """The whole sample config file."""
     kinds: dict[str, type[Any]] = {"DEFAULT": Config,

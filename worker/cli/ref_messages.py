@@ -8,6 +8,7 @@ code can raise (ref_raises); then every event payload of schemas/events/.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Iterable
@@ -187,6 +188,8 @@ def _payload(name: str, defs: dict[str, Any]) -> list[str]:
     return [*lines, *_table(schema, defs, "field")]
 
 
+# Cached: the code it reads does not change while a process runs.
+@functools.cache
 def render() -> str:
     """The whole reference, as Markdown."""
     rpc_defs = schemas.raw("rpc", next(iter(METHODS))).get("$defs", {})
