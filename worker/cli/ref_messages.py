@@ -201,7 +201,7 @@ def render() -> str:
     lines += ["## Contents", "", "- [RPC methods](#rpc-methods)"]
     lines += [f"  - [`{name}`](#{name})" for name in METHODS]
     lines += ["- [Errors](#errors)", "- [Event payloads](#event-payloads)"]
-    lines += [f"  - {_link(name)}" for name in event_names]
+    lines += [f"  - {_link(name)}" for name in ["notification", *event_names]]
     lines += ["- [Shared definitions](#shared-definitions)", ""]
     lines += ["## RPC methods", "",
               "Every method may also be answered with `InvalidArguments` (the args fail its "
@@ -217,8 +217,9 @@ def render() -> str:
               "(`worker/errors.py`); nova's own keep module `nova.exception`.", ""]
     lines += _error_rows()
     lines += ["## Event payloads", "", "Each is the `nova_object.data` of an event's payload "
-              "(schemas/events/<name>.json); the envelope is `notification.json`.", ""]
-    for name in event_names:
+              "(schemas/events/<name>.json), inside the envelope every event shares, "
+              "`notification`.", ""]
+    for name in ["notification", *event_names]:
         lines += _payload(name, event_defs)
     lines += ["## Shared definitions", ""]
     for title, defs in (("RPC args", rpc_defs), ("event payloads", event_defs)):
