@@ -212,7 +212,9 @@ class WorkerOptions:
 class Config:
     """Every option the worker reads: ``[DEFAULT]`` here, the other sections nested."""
 
-    host: str = _opt(socket.gethostname(), "this host's name: the queue is <topic>.<host>")
+    # default_text: how generated files write a default that is the machine's own.
+    host: str = _opt(socket.gethostname(), "this host's name: the queue is <topic>.<host>",
+                     default_text="this machine's hostname")
     transport_url: str = _opt(
         "amqp://guest:guest@localhost:5672//",
         "broker URL (amqp://, amqps://, or memory:// for the embedded demo)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +17,30 @@ log = logs.get(__name__)
 Sleep = Callable[[float], None]
 
 
+def backoff(multiplier: float, cap: float, jitter: float) -> Callable[[tenacity.RetryCallState],
+                                                                    float]:
+    """Attempt n waits min(cap, multiplier * 2**(n-1) + uniform(0, jitter)) seconds.
+
+    tenacity's wait_exponential_jitter computes the same, but its first argument was
+    renamed (initial, then multiplier in 9.2, the old name warning): a wait of our own
+    works at every tenacity from the declared floor on.
+    """
+    def wait(state: tenacity.RetryCallState) -> float:
+        try:
+            base = multiplier * 2.0 ** (state.attempt_number - 1)
+        except OverflowError:
+            return cap
+        return max(0.0, min(cap, base + random.uniform(0, jitter)))
+    return wait
+
+
 def _log_before_sleep(event: str) -> Callable[[tenacity.RetryCallState], None]:
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        # next_action, not upcoming_sleep: tenacity before 8.2.3 has only the former.
+        upcoming = state.next_action.sleep if state.next_action else 0.0
         log.warning(event, attempt=state.attempt_number,
-                    sleep_s=round(state.upcoming_sleep, 3), error=str(exc)[:200])
+                    sleep_s=round(upcoming, 3), error=str(exc)[:200])
     return before_sleep
 
 
@@ -34,7 +54,7 @@ def libvirt_policy(stopping: Callable[[], bool], max_wait: float = 10.0,
     """
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(HypervisorUnavailable),
-        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=max_wait, jitter=0.5),
+        wait=backoff(0.2, max_wait, 0.5),
         stop=lambda _state: stopping(),
         before_sleep=_log_before_sleep("libvirt_retry"),
         sleep=sleep,
@@ -51,7 +71,7 @@ def journal_policy(stopping: Callable[[], bool], sleep: Sleep = time.sleep) -> t
     """
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(JournalUnavailable),
-        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.5),
+        wait=backoff(0.2, 5, 0.5),
         stop=lambda _state: stopping(),
         before_sleep=_log_before_sleep("journal_retry"),
         sleep=sleep,
@@ -64,7 +84,7 @@ def libvirt_reconnect_policy(sleep: Sleep = time.sleep) -> tenacity.Retrying:
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(HypervisorUnavailable),
         # Capped low: while libvirt is away the host takes no work at all.
-        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=5, jitter=0.5),
+        wait=backoff(0.2, 5, 0.5),
         before_sleep=_log_before_sleep("libvirt_reconnect_wait"),
         sleep=sleep,
         reraise=True,
@@ -76,7 +96,7 @@ def broker_policy(sleep: Sleep = time.sleep, *, event: str = "broker_reconnect_w
     """Reconnect to the broker forever: exponential backoff with jitter, capped at 30 s."""
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(retry_on),
-        wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=30, jitter=1.0),
+        wait=backoff(0.5, 30, 1.0),
         before_sleep=_log_before_sleep(event),
         sleep=sleep,
         reraise=True,

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -228,3 +229,17 @@ def test_arbitrary_instance_strings_raise_only_invalid_arguments(method: str,
 def test_captured_oslo_notification_passes_the_notification_schema() -> None:
     """The notification oslo's Notifier put on the wire fits notification.json."""
     schemas.validator("events", "notification")(inner(WIRE_SAMPLES["notification"]))
+
+
+def test_an_event_s_uuid_is_checked_at_every_fastjsonschema() -> None:
+    """A payload uuid that is no UUID is refused: a pattern, where draft-07 has no uuid format
+    (fastjsonschema 2.22 skips the format unchecked, 2.19 refuses to compile it)."""
+    check = schemas.validator("events", "ServiceStatusPayload")
+    good = {"host": "h", "binary": "nova-compute", "topic": "compute", "report_count": 1,
+            "disabled": False, "disabled_reason": None, "availability_zone": None,
+            "last_seen_up": "2026-01-01T00:00:00Z", "forced_down": False, "version": 74,
+            "uuid": "9b7e4bd2-34c5-4d1e-8d0a-6f0b1d2c3e4f"}
+    check(good)
+
+    with pytest.raises(fastjsonschema.JsonSchemaValueException, match="uuid"):
+        check({**good, "uuid": "not-a-uuid"})
