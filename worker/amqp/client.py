@@ -48,28 +48,78 @@ class BrokerError(WorkerError):
     """The broker cannot be reached, or refused what the client declared or sent."""
 
 
-def explain(exc: BaseException, shown_url: str) -> str:
-    """One line saying what went wrong with the broker and what to do about it."""
+def diagnose(exc: BaseException, shown_url: str) -> tuple[str, str]:
+    """What went wrong with the broker, and what to do about it."""
     text = str(exc)
     found = _MISMATCH.search(text)
-    if found and found["arg"] == "durable":
-        want = "--amqp-durable-queues" if found["theirs"] == "true" else "--no-amqp-durable-queues"
-        return (f"the broker holds {found['kind']} {found['name']!r} with durable="
-                f"{found['theirs']}, this command declared durable={found['ours']}: pass {want} "
-                "(amqp_durable_queues in [oslo_messaging_rabbit], as the workers have it)")
     if found:
-        return (f"the broker holds {found['kind']} {found['name']!r} with {found['arg']}="
-                f"{found['theirs']!r}, this command declared {found['ours']!r}: match the "
-                f"option, or delete the {found['kind']} (rabbitmqctl delete_{found['kind']} "
-                f"{found['name']})")
+        kind, name, arg = found["kind"], found["name"], found["arg"]
+        problem = (f"the broker holds {kind} {name!r} with {arg}={found['theirs']}, "
+                   f"declared here with {arg}={found['ours']}")
+        delete = (f"rabbitmqctl delete_queue {name}" if kind == "queue"
+                  else f"rabbitmqadmin delete exchange name={name}")
+        if arg == "durable":
+            flag = ("--amqp-durable-queues" if found["theirs"] == "true"
+                    else "--no-amqp-durable-queues")
+            return problem, (f"set amqp_durable_queues = {found['theirs']} in "
+                             f"[oslo_messaging_rabbit] as the deployment has it (or pass {flag}), "
+                             f"or, when nothing uses it, delete the {kind} ({delete})")
+        return problem, (f"match the option that sets {arg} (queue_type, dead_letter_exchange, "
+                         f"quorum_delivery_limit), or delete the {kind} ({delete})")
     if isinstance(exc, amqp.exceptions.AccessRefused) or "ACCESS_REFUSED" in text:
-        return (f"the broker at {shown_url} refused the login ({text[:200]}): check the user "
-                "and password of transport_url")
+        return (f"the broker at {shown_url} refused the login ({text[:200]})",
+                "check the user and password in transport_url "
+                "(rabbitmqctl authenticate_user USER PASSWORD)")
     if isinstance(exc, amqp.exceptions.NotAllowed) or "vhost" in text.lower():
-        return (f"the broker at {shown_url} refused the virtual host ({text[:200]}): check the "
-                "vhost at the end of transport_url and the user's permissions")
-    return (f"cannot reach the broker at {shown_url} ({type(exc).__name__}: {text[:200]}): "
-            "is RabbitMQ running there, and is transport_url right?")
+        return (f"the broker at {shown_url} refused the virtual host ({text[:200]})",
+                "check the vhost at the end of transport_url and the user's permissions "
+                "(rabbitmqctl list_permissions -p VHOST)")
+    if "certificate" in text.lower() or "ssl" in type(exc).__name__.lower():
+        return (f"TLS with the broker at {shown_url} failed ({text[:200]})",
+                "check ssl_ca_file and that the broker's certificate names the host in "
+                "transport_url")
+    return (f"cannot reach the broker at {shown_url} ({type(exc).__name__}: {text[:200]})",
+            "start RabbitMQ there (systemctl start rabbitmq-server), or point transport_url "
+            "at a broker that runs")
+
+
+def explain(exc: BaseException, shown_url: str) -> str:
+    """diagnose() as one line: the problem, then what to do."""
+    problem, fix = diagnose(exc, shown_url)
+    return f"{problem}: {fix}"
+
+
+def fix_for_broker(exc: BaseException) -> str:
+    """What to do about a broker fault."""
+    return diagnose(exc, "")[1]
+
+
+def declaration_clashes(conn: Connection, cfg: Config) -> list[tuple[str, str]]:
+    """Declare what the worker declares, as it does; each refusal (problem, fix).
+
+    Each declaration on a channel of its own, since a 406 closes the channel.
+    A consumer already on the host queue is a clash too: two workers for one
+    host would split its casts.
+    """
+    from worker.amqp import topology
+
+    found: list[tuple[str, str]] = []
+    host_queue = topology.host_queue(cfg)
+    for entity in (topology.control_exchange(cfg), host_queue, topology.alt_host_queue(cfg),
+                   *topology.notification_queues(cfg)):
+        channel = conn.channel()
+        try:
+            entity(channel).declare()
+        except amqp.exceptions.ChannelError as exc:
+            found.append(diagnose(exc, ""))
+            continue
+        if entity is host_queue:
+            _, _, consumers = channel.queue_declare(host_queue.name, passive=True)
+            if consumers:
+                found.append((f"another worker already consumes {host_queue.name}",
+                              "stop it, or give this worker a host of its own (host option)"))
+        channel.close()
+    return found
 
 
 @contextlib.contextmanager
