@@ -133,14 +133,18 @@ class Printer:
         self.out = out
         self._headed = False
 
+    def head(self) -> None:
+        """The table's heading, once (nothing for JSON lines)."""
+        if self.table and not self._headed:
+            print(eventview.heading(), file=self.out, flush=True)
+            self._headed = True
+
     def show(self, event: eventview.Event, seen: eventview.Facts | None = None) -> None:
         """Print one event."""
         if not self.table:
             print(json.dumps(event), file=self.out, flush=True)
             return
-        if not self._headed:
-            print(eventview.heading(), file=self.out)
-            self._headed = True
+        self.head()
         print(eventview.row(seen or eventview.facts(event)), file=self.out, flush=True)
 
 
@@ -193,6 +197,7 @@ def run(ns: argparse.Namespace, cfg: Config) -> int:
 def _events(ns: argparse.Namespace, cfg: Config, tail: Any) -> int:
     wanted = eventview.Filter(ns.hosts, ns.instances, ns.types)
     printer = Printer(ns.format)
+    printer.head()  # at once: the columns, and a sign that the queue is bound
     for event in tail.until(ns.timeout):
         seen = eventview.facts(event)
         if wanted(seen):
