@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import io
 from typing import Any
 
 import pytest
@@ -165,3 +166,29 @@ def test_broker_faults_say_what_to_do(text: str, problem: str, fix: str) -> None
 
     assert got_problem.startswith(problem), got_problem
     assert fix in got_fix
+
+
+def test_top_screen_shows_hosts_instances_and_faults() -> None:
+    """The rendered screen has a row per host and per instance, and the last fault."""
+    from rich.console import Console
+
+    from worker.cli.top import render
+
+    model = TopModel(["cn-1"])
+    model.apply(_service("cn-1", None), now=1.0)
+    model.apply(_action("cn-1", U1, "pause", "start", "running", "active"), now=1.0)
+    model.apply(_action("cn-1", U2, "pause", "error", "shutdown", "stopped", name="db-1",
+                        error=InstanceInvalidState("cannot pause")), now=2.0)
+    console = Console(record=True, width=160, file=io.StringIO())
+
+    console.print(render(model, 5.0, "compute-worker top: cn-1", ["a note"]))
+    lines = console.export_text().splitlines()
+
+    rows = {line.split()[1]: line.split() for line in lines if line.startswith("cn-1 ") and
+            len(line.split()) > 5}
+    assert ["cn-1", U1[:8], "web-1", "active", "running", "pause", "pause.start", "4s"] == rows[
+        U1[:8]]
+    assert ["cn-1", U2[:8], "db-1", "stopped", "shutdown", "pause.error", "3s"] == rows[U2[:8]]
+    assert any(line.split()[:3] == ["cn-1", "up", "4s"] for line in lines), lines
+    assert "a note" in lines
+    assert lines[-1].endswith("cn-1 db-1 instance.pause.error: InstanceInvalidState: cannot pause")

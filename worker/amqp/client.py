@@ -111,7 +111,9 @@ def declaration_clashes(conn: Connection, cfg: Config) -> list[tuple[str, str]]:
         try:
             entity(channel).declare()
         except amqp.exceptions.ChannelError as exc:
-            found.append(diagnose(exc, ""))
+            # A queue's declaration declares its exchange first: say a clash there once.
+            if (clash := diagnose(exc, "")) not in found:
+                found.append(clash)
             continue
         if entity is host_queue:
             _, _, consumers = channel.queue_declare(host_queue.name, passive=True)

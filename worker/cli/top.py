@@ -67,7 +67,7 @@ def render(model: TopModel, now: float, title: str, notes: Sequence[str]) -> Gro
         status = ("up" if row.up else f"down: {row.reason}") if row.up is not None else "?"
         hosts.add_row(host, Text(status, style="green" if row.up else "red" if row.up is False
                                  else ""), _ago(now, row.seen_at), str(per_host[host]))
-    table = Table(box=None, pad_edge=False, header_style="bold reverse", expand=True)
+    table = Table(box=None, pad_edge=False, header_style="bold reverse")
     for name in ("HOST", "UUID", "NAME", "STATE", "POWER", "TASK", "LAST", "AGO"):
         table.add_column(name, no_wrap=True)
     for r in model.rows():
