@@ -5,6 +5,8 @@ from __future__ import annotations
 import configparser
 import importlib.metadata
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,8 @@ from worker.cli.rpc import parse_args
 from worker.errors import ConfigError
 
 SUBCOMMANDS = ["run", "check", "demo", "cast", "call", "events", "top"]
-SETUP_CFG = Path(__file__).resolve().parents[2] / "setup.cfg"
+ROOT = Path(__file__).resolve().parents[2]
+SETUP_CFG = ROOT / "setup.cfg"
 
 
 @pytest.fixture(autouse=True)
@@ -145,11 +148,14 @@ def test_bad_args_are_option_errors(text: str, pairs: list[str]) -> None:
         parse_args(text, pairs)
 
 
-def test_bad_arg_exits_2_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_arg_exits_2_before_connecting() -> None:
     """A malformed --arg is one line and exit 2, even with no broker at the URL."""
-    code = main(["cast", "h", "pause_instance", "--arg", "instance",
-                 "--transport-url", "amqp://guest:guest@127.0.0.1:1//"])
+    # A subprocess: main() sets logging up on the stderr it finds, which capsys would close.
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "cast", "h", "pause_instance",
+                           "--arg", "instance", "--transport-url",
+                           "amqp://guest:guest@127.0.0.1:1//"],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
 
-    assert 2 == code
+    assert 2 == done.returncode
     assert ["compute-worker: error: --arg 'instance': expected KEY=VALUE"] == (
-        capsys.readouterr().err.splitlines())
+        done.stderr.splitlines())

@@ -251,6 +251,7 @@ class RpcClient:
                     self.conn.drain_events(timeout=min(left, 0.5))
                 except TimeoutError:
                     pass
+                self.conn.heartbeat_check()  # a long call must not lose its connection
         finally:
             del self._replies[msg_id]
         self.heartbeats = sum(1 for r in replies if not r.get("ending"))
