@@ -461,3 +461,40 @@ def test_top_shows_the_hosts_instances_and_follows_their_events(
         assert not screen.alive(), screen.screen()
     finally:
         screen.close()
+
+
+def test_top_all_shows_each_host_of_the_fleet_as_it_comes_and_goes(
+        make_config: Callable[..., Config], tmp_path: Path,
+        domains: Callable[[int], list[str]]) -> None:
+    """top --all lists a host once it is heard from, with its instances, and marks it down."""
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is missing: scripts/services.sh installs it")
+    (uid,) = domains(1)
+    first = make_config()
+    second = make_config(host=f"{first.host}-b", state_dir=str(tmp_path / "state-b"))
+    screen = Tmux([*CLI, "top", "--all", *_client_flags(first)], f"cw-{uuid.uuid4().hex[:8]}")
+    services = []
+    try:
+        screen.wait(lambda s: "compute-worker top: every host" in s)
+        for cfg in (first, second):
+            services.append(Service(cfg, retry_sleep=lambda _s: None))
+            services[-1].start()
+
+        def hosts(text: str) -> dict[str, list[str]]:
+            return {line.split()[0]: line.split()[1:] for line in text.splitlines()
+                    if line.split()[:1] in ([first.host], [second.host])
+                    and uid[:8] not in line}
+
+        both = screen.wait(lambda s: {first.host, second.host} <= set(hosts(s))
+                           and all(h[0] == "up" for h in hosts(s).values())
+                           and bool(_row(s, uid)))
+        assert "running" in _row(both, uid), both
+        services.pop().stop(grace=5)
+        gone = screen.wait(lambda s: hosts(s).get(second.host, [""])[0] == "down:")
+
+        assert ["down:", "compute-worker", "stopped"] == hosts(gone)[second.host][:3], gone
+        assert "up" == hosts(gone)[first.host][0]
+    finally:
+        screen.close()
+        for service in services:
+            service.stop(grace=5)

@@ -37,5 +37,6 @@ TOP = """examples:
   compute-worker top --host compute-01 --host compute-02
   compute-worker top --all                    # every host whose events arrive: the fleet
 
-Keys: q quits (Ctrl-C too). Rows start from each named host's list_instances and
-follow the events: TASK is the verb running now, LAST the last event and how long ago."""
+Keys: q quits (Ctrl-C too). Rows start from each host's list_instances (a host of
+the fleet when it is first heard from) and follow the events: TASK is the verb
+running now, LAST the last event and AGO how long ago it came."""

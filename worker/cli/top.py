@@ -142,9 +142,14 @@ def run(ns: argparse.Namespace, cfg: Config) -> int:
         deadline = None if ns.timeout is None else time.monotonic() + ns.timeout
         with _keys() as pressed, Live(render(model, time.monotonic(), title, notes),
                                       console=console, screen=True, auto_refresh=False) as live:
+            seeded = set(named)
             while deadline is None or time.monotonic() < deadline:
                 for event in tail.poll(REFRESH):
                     model.apply(event, time.monotonic())
+                # The fleet grows as hosts are heard from: list each one's instances once.
+                fresh = sorted(set(model.services) - seeded)
+                seeded.update(fresh)
+                notes += _seed(rpc, model, fresh, ns.list_timeout)
                 live.update(render(model, time.monotonic(), title, notes), refresh=True)
                 if "q" in pressed().lower():
                     break
