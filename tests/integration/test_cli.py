@@ -481,9 +481,9 @@ def test_top_all_shows_each_host_of_the_fleet_as_it_comes_and_goes(
             services[-1].start()
 
         def hosts(text: str) -> dict[str, list[str]]:
-            return {line.split()[0]: line.split()[1:] for line in text.splitlines()
-                    if line.split()[:1] in ([first.host], [second.host])
-                    and uid[:8] not in line}
+            # The hosts table's rows: HOST SERVICE SEEN INSTANCES (instance rows: HOST UUID ...).
+            return {words[0]: words[1:] for words in map(str.split, text.splitlines())
+                    if len(words) > 1 and words[1] in ("up", "down:", "?")}
 
         both = screen.wait(lambda s: {first.host, second.host} <= set(hosts(s))
                            and all(h[0] == "up" for h in hosts(s).values())
