@@ -192,3 +192,17 @@ def test_top_screen_shows_hosts_instances_and_faults() -> None:
     assert any(line.split()[:3] == ["cn-1", "up", "4s"] for line in lines), lines
     assert "a note" in lines
     assert lines[-1].endswith("cn-1 db-1 instance.pause.error: InstanceInvalidState: cannot pause")
+
+
+def test_a_live_migration_ends_at_its_post_or_rollback_not_at_the_destinations_pre() -> None:
+    """cast --wait live_migration waits past live_migration_pre.end to post or rollback."""
+    pre = eventview.facts(_action("cn-2", U1, "live_migration_pre", "end", "paused", "active"))
+    post = eventview.facts(_action("cn-1", U1, "live_migration_post", "end", "running",
+                                   "active"))
+    back = eventview.facts(_action("cn-1", U1, "live_migration_rollback", "end", "running",
+                                   "active"))
+
+    assert [None, True, False] == [eventview.outcome("live_migration", e)
+                                   for e in (pre, post, back)]
+    assert True is eventview.outcome("pause_instance", pre)
+    assert False is eventview.outcome("live_migration", eventview.facts(_reject("cn-1")))

@@ -123,3 +123,17 @@ def ends(seen: Facts) -> bool | None:
     if seen.event_type.endswith(".end"):
         return True
     return None
+
+
+#: Methods whose events are phases on two hosts (the destination's pre ends first):
+#: the event that ends the whole, and whether it ended well.
+FINAL = {"live_migration": {"instance.live_migration_post.end": True,
+                            "instance.live_migration_rollback.end": False}}
+
+
+def outcome(method: str, seen: Facts) -> bool | None:
+    """Whether seen ends a request for method: True well, False badly, None not yet."""
+    final = FINAL.get(method)
+    if final is None or seen.event_type.startswith("rpc_message."):
+        return ends(seen)
+    return final.get(seen.event_type)

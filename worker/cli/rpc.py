@@ -212,7 +212,7 @@ def _wait(ns: argparse.Namespace, tail: Any, request_id: str) -> int:
         if seen.request_id != request_id:
             continue
         printer.show(event, seen)
-        outcome = eventview.ends(seen)
+        outcome = eventview.outcome(ns.method, seen)
         if outcome is True:
             return 0
         if outcome is False:
