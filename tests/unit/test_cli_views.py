@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from worker.amqp.client import diagnose
+from worker.amqp.faults import diagnose
 from worker.cli import eventview
 from worker.cli.topview import TopModel
 from worker.codec import notifications, payloads

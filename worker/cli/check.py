@@ -7,8 +7,9 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from worker.amqp.client import declaration_clashes, diagnose, fix_for_broker
+from worker.amqp.client import declaration_clashes
 from worker.amqp.connection import Nodes, masked, node_urls, open_node
+from worker.amqp.faults import diagnose, fix_for_broker
 from worker.config import Config
 from worker.errors import ConfigError
 from worker.virt.hypervisor import Hypervisor
