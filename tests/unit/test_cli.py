@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import configparser
+import importlib.metadata
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from worker.cli.main import main
+from worker.cli.rpc import parse_args
+from worker.errors import ConfigError
 
-SUBCOMMANDS = ["run", "check", "demo", "cast", "call", "events"]
+SUBCOMMANDS = ["run", "check", "demo", "cast", "call", "events", "top"]
+ROOT = Path(__file__).resolve().parents[2]
+SETUP_CFG = ROOT / "setup.cfg"
 
 
 @pytest.fixture(autouse=True)
@@ -107,3 +115,76 @@ def test_a_later_config_file_wins_on_the_command_line(
     assert 2 == code  # stopped by the second file's log_level, not the first's 0
     assert ("compute-worker: error: option log_level: 'bogus' is not one of debug, info, "
             "warning, error") == capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_help_shows_examples_of_itself(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each ``--help`` ends with an examples section whose lines run that very subcommand."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+
+    out = capsys.readouterr().out
+    assert "\nexamples:\n" in out
+    examples = out.split("\nexamples:\n", 1)[1].splitlines()
+    assert any(line.strip().startswith(f"compute-worker {command}") for line in examples), out
+
+
+def test_version_is_the_package_version_of_setup_cfg(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--version`` prints the installed distribution's version, which is setup.cfg's."""
+    ini = configparser.ConfigParser()
+    ini.read(SETUP_CFG)
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+
+    assert 0 == caught.value.code
+    assert f"compute-worker {ini['metadata']['version']}\n" == capsys.readouterr().out
+    assert ini["metadata"]["version"] == importlib.metadata.version("compute-worker")
+
+
+@pytest.mark.parametrize("pairs, expected", [
+    (["reboot_type=HARD"], {"reboot_type": "HARD"}),
+    (["timeout=5", "clean_shutdown=false", "image=null"],
+     {"timeout": 5, "clean_shutdown": False, "image": None}),
+    (['instance={"uuid": "u1"}'], {"instance": {"uuid": "u1"}}),
+    (["instance.uuid=u1", "instance.name=web-1"], {"instance": {"uuid": "u1", "name": "web-1"}}),
+    (["note=a=b"], {"note": "a=b"}),
+    (["port_id=00000000-0000-4000-8000-000000000000"],
+     {"port_id": "00000000-0000-4000-8000-000000000000"}),
+])
+def test_arg_pairs_are_json_values_else_strings(pairs: list[str], expected: dict[str, object]
+                                                ) -> None:
+    """--arg KEY=VALUE reads VALUE as JSON when it is JSON, else as the string typed."""
+    assert expected == parse_args("{}", pairs)
+
+
+def test_arg_pairs_go_over_args_json() -> None:
+    """--arg overrides and extends --args, nested keys included."""
+    got = parse_args('{"instance": {"uuid": "a", "host": "h"}, "reboot_type": "SOFT"}',
+                     ["instance.uuid=b", "reboot_type=HARD"])
+
+    assert {"instance": {"uuid": "b", "host": "h"}, "reboot_type": "HARD"} == got
+
+
+@pytest.mark.parametrize("text, pairs", [
+    ("[1]", []), ("{", []), ("{}", ["novalue"]), ("{}", ["=x"]), ("{}", ["a..b=1"]),
+    ('{"instance": "u"}', ["instance.uuid=x"]),
+])
+def test_bad_args_are_option_errors(text: str, pairs: list[str]) -> None:
+    """Arguments that make no keyword object are a ConfigError (exit 2), not a traceback."""
+    with pytest.raises(ConfigError):
+        parse_args(text, pairs)
+
+
+def test_bad_arg_exits_2_before_connecting() -> None:
+    """A malformed --arg is one line and exit 2, even with no broker at the URL."""
+    # A subprocess: main() sets logging up on the stderr it finds, which capsys would close.
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "cast", "h", "pause_instance",
+                           "--arg", "instance", "--transport-url",
+                           "amqp://guest:guest@127.0.0.1:1//"],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+    assert 2 == done.returncode
+    assert ["compute-worker: error: --arg 'instance': expected KEY=VALUE"] == (
+        done.stderr.splitlines())

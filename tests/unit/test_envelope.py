@@ -517,3 +517,13 @@ def test_a_timeout_out_of_range_is_refused_with_the_real_reason(raw: str, reason
 def test_any_positive_finite_timeout_is_taken_as_sent(timeout: float) -> None:
     """A long or a tiny _timeout is the caller's choice; the heartbeat floor is the worker's."""
     assert timeout == decode_request(call(_timeout=timeout), LIMIT).timeout
+
+
+def test_named_gives_what_a_reject_event_may_name_and_never_where_to_reply() -> None:
+    """A refused body still names its method, ids and request; its reply queue is left out."""
+    body = envelope.wrap({"method": "pause_instance", "_unique_id": "u1", "_msg_id": "m1",
+                          "_reply_q": "reply_x", "_context_request_id": "req-1", "args": {}})
+
+    assert {"method": "pause_instance", "unique_id": "u1", "request_id": "req-1"} == (
+        envelope.named(body, 1 << 20))
+    assert {} == envelope.named(b"not json", 1 << 20)

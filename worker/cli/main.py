@@ -1,9 +1,8 @@
-"""The ``compute-worker`` command: run, demo, cast, call, events, check."""
+"""The ``compute-worker`` command: run, check, demo, cast, call, events, top."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -12,11 +11,9 @@ from typing import Any
 
 from worker import config as config_mod
 from worker import logs
+from worker.cli import help_text, rpc, top
 from worker.config import FIELDS, Config
 from worker.errors import ConfigError, WorkerError
-
-CLIENT_OPTIONS = ("transport_url", "control_exchange", "topic", "amqp_durable_queues",
-                  "notification_topic", "ssl_ca_file", "signing_key_file")
 
 
 def _add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -60,29 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-host compute agent: takes oslo.messaging RPC for <topic>.<host> off "
                     "RabbitMQ, runs each verb on libvirt, publishes events. Every option can "
                     "also be set as COMPUTE_WORKER_<OPTION> or in the --config INI file.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {help_text.package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run the worker until SIGTERM or SIGINT")
+    run = sub.add_parser("run", help="run the worker until SIGTERM or SIGINT",
+                         epilog=help_text.RUN, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_options(run, list(FIELDS))
     run.add_argument("--grace", type=float, default=30.0,
                      help="seconds to let running verbs finish on stop; default 30")
-    check = sub.add_parser("check", help="preflight: broker, libvirt and directories")
+    check = sub.add_parser("check", help="preflight: broker, libvirt and directories",
+                           epilog=help_text.CHECK,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_options(check, list(FIELDS))
     sub.add_parser("demo", help="worker, scripted scheduler and event tracker in one process "
-                                "(in-memory broker, libvirt test driver)")
-    for verb, text in (("cast", "send a cast (no reply)"),
-                       ("call", "send a call, print the reply")):
-        p = sub.add_parser(verb, help=text)
-        p.add_argument("target_host", metavar="HOST")
-        p.add_argument("method", metavar="METHOD")
-        p.add_argument("--args", default="{}", metavar="JSON", help="keyword arguments as JSON")
-        p.add_argument("--version", dest="rpc_version", default="6.0",
-                       help="RPC version sent (nova compute API 6.x)")
-        if verb == "call":
-            p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
-        _add_options(p, CLIENT_OPTIONS)
-    events = sub.add_parser("events", help="print events as JSON lines")
-    events.add_argument("--timeout", type=float, default=None, help="stop after N seconds")
-    _add_options(events, CLIENT_OPTIONS)
+                                "(in-memory broker, libvirt test driver)",
+                   epilog=help_text.DEMO, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rpc.add_parsers(sub, _add_options)
+    top.add_parser(sub, _add_options)
     return parser
 
 
@@ -112,43 +103,6 @@ def _run(cfg: Config, grace: float) -> int:
     return 0
 
 
-def _client(ns: argparse.Namespace, cfg: Config) -> int:
-    from worker.amqp.client import RemoteError, RpcClient, tail_events
-    from worker.amqp.connection import connection_for
-
-    with connection_for(cfg) as conn:
-        conn.ensure_connection(max_retries=3)
-        if ns.command == "events":
-            for event in tail_events(conn, exchange=cfg.control_exchange,
-                                     topic=cfg.notifications.notification_topic,
-                                     durable=cfg.rabbit.amqp_durable_queues, timeout=ns.timeout):
-                print(json.dumps(event), flush=True)
-            return 0
-        try:
-            args = json.loads(ns.args)
-        except ValueError as exc:
-            raise ConfigError(f"--args is not valid JSON: {exc}") from None
-        if not isinstance(args, dict):
-            raise ConfigError("--args must be a JSON object")
-        from worker.codec.signing import load_key
-
-        key = load_key(cfg.worker.signing_key_file) if cfg.worker.signing_key_file else None
-        client = RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic,
-                           durable=cfg.rabbit.amqp_durable_queues, signing_key=key)
-        if ns.command == "cast":
-            sent = client.cast(ns.target_host, ns.method, args, version=ns.rpc_version)
-            print(json.dumps({"cast": ns.method, "_unique_id": sent["_unique_id"]}))
-            return 0
-        try:
-            result = client.call(ns.target_host, ns.method, args, timeout=ns.timeout,
-                                 version=ns.rpc_version)
-        except RemoteError as exc:
-            print(json.dumps({"failure": exc.failure}))
-            return 1
-        print(json.dumps(result, indent=2))
-        return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     if argv is None:  # the command itself, not a caller (a test) that keeps its own hooks
@@ -168,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from worker.cli.check import run_checks
 
             return run_checks(cfg)
-        return _client(ns, cfg)
+        if ns.command == "top":
+            return top.run(ns, cfg)
+        return rpc.run(ns, cfg)
     except ConfigError as exc:
         print(logs.mask(f"compute-worker: error: {exc.message}"), file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.codec import nova_objects
-from worker.errors import InvalidEnvelope, MessageTooLarge, WorkerError
+from worker.errors import BadMessage, InvalidEnvelope, MessageTooLarge, WorkerError
 
 OSLO_VERSION = "2.0"
 _METHOD = re.compile(r"[a-z_][a-z0-9_]{0,63}\Z")
@@ -122,6 +122,20 @@ def _partial(inner: dict[str, Any]) -> dict[str, Any]:
                 and "\x00" not in value:
             out[name] = value
     return out
+
+
+def named(body: bytes | str, max_bytes: int) -> dict[str, Any]:
+    """The method, unique id and request id a body names, as far as it can be read ({} if not).
+
+    For the reject event of a message refused before it is decoded (a bad
+    signature): the sender can find its request by them. Never where to reply.
+    """
+    try:
+        inner = unwrap(body, max_bytes)
+    except BadMessage:
+        return {}
+    return {k: v for k, v in _partial(inner).items()
+            if k in ("method", "unique_id", "request_id")}
 
 
 def unwrap(body: bytes | str, max_bytes: int) -> dict[str, Any]:

@@ -150,8 +150,11 @@ class Dispatcher:
                                   exchange=delivery.exchange, routing_key=delivery.routing_key,
                                   max_age=self.cfg.worker.signature_max_age,
                                   required=self.cfg.worker.require_signature)
-        except BadSignature:
+        except BadSignature as exc:
             self.bad_signatures += 1
+            # Named in the reject event, so that its sender (compute-worker cast --wait)
+            # learns why; no reply to an unsigned call: it must not make us publish anywhere.
+            exc.kwargs.update(envelope.named(delivery.body, self.cfg.worker.max_message_bytes))
             raise
 
     @staticmethod
