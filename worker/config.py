@@ -225,6 +225,16 @@ class WorkerOptions:
         False, "a missing bridge is created, and removed again when the worker made it and "
         "no interface is left on it"
     )
+    metrics_listen: str = _opt(
+        "127.0.0.1:9469", "HOST:PORT the Prometheus metrics endpoint listens on (empty: off)"
+    )
+    metrics_textfile: str = _opt(
+        "", "file (*.prom) the metrics are also written to, whole and atomically, for "
+        "node_exporter's textfile collector (empty: none)"
+    )
+    metrics_textfile_interval: float = _opt(
+        15.0, "seconds between writes of metrics_textfile", minimum=0.1
+    )
 
     @property
     def device_prefixes(self) -> tuple[str, ...]:
@@ -496,6 +506,30 @@ def _check(config: Config) -> None:
             raise ConfigError(f"option {option}: makes the AMQP name {name[:40]!r}... longer "
                               "than 255 bytes")
     _check_vnc(config.vnc)
+    _check_metrics(worker)
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [ADDR]:PORT) as (host, port); ConfigError when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{text!r:.80} is not HOST:PORT")
+    return host, int(port)
+
+
+def _check_metrics(worker: WorkerOptions) -> None:
+    if worker.metrics_listen:
+        try:
+            host_port(worker.metrics_listen)
+        except ConfigError as exc:
+            raise ConfigError(f"option metrics_listen: {exc.message} (empty turns it "
+                              "off)") from None
+    if worker.metrics_textfile and not worker.metrics_textfile.endswith(".prom"):
+        # node_exporter's textfile collector reads *.prom files only.
+        raise ConfigError(f"option metrics_textfile: {worker.metrics_textfile!r:.80} must end "
+                          "in .prom")
 
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
