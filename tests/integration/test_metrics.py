@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 import time
 import uuid
 from collections import Counter
@@ -11,13 +13,18 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Exchange, Producer
 
+from tests.brokers import wait_until
+from tests.relay import Relay
 from tests.scrape import Samples, scrape
 from tests.taps import EventTap
+from worker.amqp.client import RpcClient
 from worker.codec import envelope
 from worker.config import Config
 from worker.service import Service
 
 pytestmark = pytest.mark.integration
+# confirm.select (class 85, method 10): of the worker's connections only the publisher's sends it.
+CONFIRM_SELECT = struct.pack(">HH", 85, 10)
 
 
 @pytest.fixture
@@ -130,3 +137,47 @@ def test_the_textfile_s_last_write_says_the_worker_stopped(service: Service,
 
     assert 0 == Samples(textfile.read_text()).get("compute_worker_up")
     assert None is service.exporter.address
+
+
+def test_confirms_held_back_count_as_failures_and_the_reconnect_as_one(
+        make_config: Callable[..., Config], broker_url: str,
+        domains: Callable[[int], list[str]]) -> None:
+    """A publisher whose confirms never come: its confirm timeout is counted, and its reconnect.
+
+    Given a worker whose broker connections run through a relay, when the broker's side of
+    the publishing connection is held and a pause is cast, the confirm timeout gives up that
+    connection: the publishes it owed count as confirm failures, the new connection as one
+    broker reconnect, and the events, published again, are counted once confirmed.
+    """
+    relay = Relay(broker_url)
+    cfg = dataclasses.replace(make_config(confirm_timeout=1.0, metrics_listen="127.0.0.1:0"),
+                              transport_url=relay.url)
+    (uid,) = domains(1)
+    tap = EventTap(broker_url, cfg.control_exchange, cfg.notifications.notification_topic)
+    service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
+    try:
+        service.start()
+        address = service.exporter.address
+        assert address is not None
+        relay.hold(wait_until(lambda: relay.link_that_sent(CONFIRM_SELECT), 10,
+                              "the publisher's confirm.select"))
+        with Connection(broker_url) as conn:
+            RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic).cast(
+                cfg.host, "pause_instance", {"instance": {"uuid": uid}})
+
+        seen = _until(lambda: scrape(address), lambda s: s.get(
+            "compute_worker_reconnects_total", peer="broker") == 1 and s.get(
+            "compute_worker_rpc_messages_total", method="pause_instance", outcome="ok") == 1
+            and s.get("compute_worker_broker_connected") == 1, timeout=20)
+        # The pause's start and end events at least were owed when the timeout fired.
+        assert 2 <= seen.get("compute_worker_publish_confirm_failures_total")
+        # Published again on the new connection and confirmed there: counted once each.
+        ends = tap.wait_type(uid, "instance.pause.end")
+        assert 1 <= len(ends)
+        _until(lambda: scrape(address), lambda s: s.get(
+            "compute_worker_events_published_total", priority="info") >= 3)
+    finally:
+        relay.release()
+        service.stop(grace=5)
+        tap.close()
+        relay.close()
