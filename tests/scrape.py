@@ -23,9 +23,13 @@ class Samples:
         """The value of the sample name{labels}; AssertionError naming what there is if none."""
         key = (name, frozenset(labels.items()))
         if key not in self.values:
-            known = sorted(dict(k[1]) .__repr__() for k in self.values if k[0] == name)
+            known = sorted(repr(dict(k[1])) for k in self.values if k[0] == name)
             raise AssertionError(f"no sample {name}{labels}; {name} has {known}")
         return self.values[key]
+
+    def find(self, name: str, **labels: str) -> float | None:
+        """The value of the sample name{labels}, None when there is none (yet)."""
+        return self.values.get((name, frozenset(labels.items())))
 
     def labels(self, name: str, label: str) -> set[str]:
         """Every value the label takes in samples of name."""
