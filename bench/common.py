@@ -33,7 +33,7 @@ def bench_config(tmp: str, **overrides: Any) -> Config:
         "host": f"bench-{tag}", "transport_url": BROKER, "control_exchange": f"bench_{tag}",
         "notification_topic": f"bench_notifications_{tag}", "virt_type": "test",
         "instances_path": f"{tmp}/instances", "images_path": f"{tmp}/images",
-        "state_dir": f"{tmp}/state",
+        "state_dir": f"{tmp}/state", "metrics_listen": "",
     }
     values.update(overrides)
     return config_mod.load(None, values, environ={})

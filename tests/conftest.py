@@ -84,6 +84,8 @@ def make_config(tmp_path: Path, broker_url: str) -> Iterator[Callable[..., Confi
             "state_dir": str(tmp_path / "state"),
             "heartbeat": 10,
             "confirm_timeout": 10,
+            # Off unless a test asks: many workers at once cannot share one port.
+            "metrics_listen": "",
         }
         values.update(overrides)
         made.append(config_mod.load(None, values, environ={}))

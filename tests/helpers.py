@@ -47,9 +47,12 @@ def wire_samples() -> dict[str, Any]:
 
 
 def worker_env() -> dict[str, str]:
-    """Environment for a compute-worker subprocess: this checkout's code, no COMPUTE_WORKER_*."""
+    """Environment for a compute-worker subprocess: this checkout's code, no COMPUTE_WORKER_*
+    but one that turns the metrics endpoint off."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPUTE_WORKER_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # Workers of tests run side by side: none takes the metrics port unless a test says so.
+    env["COMPUTE_WORKER_METRICS_LISTEN"] = ""
     env["PYTHONPATH"] = os.pathsep.join([str(CHECKOUT)] + [
         p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env

@@ -299,6 +299,7 @@ def _check(config: Config) -> None:
                               "than 255 bytes")
     _check_transport_url(config.transport_url)
     _check_vnc(config.vnc)
+    _check_metrics(worker)
 
 
 def _check_transport_url(transport_url: str) -> None:
@@ -320,6 +321,33 @@ def _check_transport_url(transport_url: str) -> None:
         if not parts.scheme:
             raise ConfigError(f"option transport_url: node {number} has no scheme "
                               "(amqp://, amqps:// or memory://)")
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [ADDR]:PORT) as (host, port); ConfigError when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{text!r:.80} is not HOST:PORT")
+    return host, int(port)
+
+
+def _check_metrics(worker: WorkerOptions) -> None:
+    if worker.metrics_listen:
+        try:
+            host_port(worker.metrics_listen)
+        except ConfigError as exc:
+            raise ConfigError(f"option metrics_listen: {exc.message} (empty turns it "
+                              "off)") from None
+    if worker.metrics_textfile and not worker.metrics_textfile.endswith(".prom"):
+        # node_exporter's textfile collector reads *.prom files only.
+        raise ConfigError(f"option metrics_textfile: {worker.metrics_textfile!r:.80} must end "
+                          "in .prom")
 
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -201,6 +201,16 @@ class WorkerOptions:
         False, "a missing bridge is created, and removed again when the worker made it and "
         "no interface is left on it"
     )
+    metrics_listen: str = _opt(
+        "127.0.0.1:9469", "HOST:PORT the Prometheus metrics endpoint listens on (empty: off)"
+    )
+    metrics_textfile: str = _opt(
+        "", "file (*.prom) the metrics are also written to, whole and atomically, for "
+        "node_exporter's textfile collector (empty: none)"
+    )
+    metrics_textfile_interval: float = _opt(
+        15.0, "seconds between writes of metrics_textfile", minimum=0.1
+    )
 
     @property
     def device_prefixes(self) -> tuple[str, ...]:

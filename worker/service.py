@@ -25,6 +25,8 @@ from worker.core.peers import Arrivals
 from worker.core.state_watch import StateWatch
 from worker.errors import HypervisorUnavailable
 from worker.messages import Outgoing
+from worker.ops.export import Exporter
+from worker.ops.metrics import Metrics, Readings
 from worker.retry import libvirt_reconnect_policy
 from worker.virt.hypervisor import Hypervisor
 from worker.virt.image_cache import ImageCache
@@ -55,6 +57,11 @@ class Service:
         key = signing.load_key(cfg.worker.signing_key_file) if cfg.worker.signing_key_file else None
         self.publisher = Publisher(cfg, signing_key=key, on_blocked=self._broker_blocked)
         self.answers = Answers(cfg, __version__)
+        self._up = False
+        self.metrics = Metrics(TABLE.methods, self._readings())
+        self.exporter = Exporter(self.metrics.registry, listen=cfg.worker.metrics_listen,
+                                 textfile=cfg.worker.metrics_textfile,
+                                 interval=cfg.worker.metrics_textfile_interval)
         # Verbs wait in their instance's line; queries run beside them, in a
         # pool of their own so that slow verbs on every line cannot hold them.
         self.executor = KeyedExecutor(cfg.max_concurrent_ops)
@@ -71,7 +78,7 @@ class Service:
                                      on_verb_end=self._verb_ended, signing_key=key,
                                      on_fault=self.fault,
                                      peers=AmqpPeers(cfg, signing_key=key),
-                                     arrivals=self.arrivals)
+                                     arrivals=self.arrivals, meter=self.metrics)
         self.consumer = Consumer(cfg, self.dispatcher.deliver, busy=self._busy)
         self.host_report = HostReport(cfg, self.hypervisor, self.answers, self.publisher.send)
         self._threads = [
@@ -92,6 +99,23 @@ class Service:
         self.libvirt_outages = 0
 
     # --- wiring callbacks -------------------------------------------------------------
+
+    def _readings(self) -> Readings:
+        """What a metrics scrape reads: counts the parts keep anyway, read when asked."""
+        def reconnects() -> dict[str, int]:
+            opened = (self.consumer.connections, self.publisher.connections)
+            return {"broker": sum(max(0, n - 1) for n in opened),
+                    "libvirt": max(0, self.hypervisor.opened - 1)}
+        return Readings(
+            up=lambda: self._up,
+            libvirt_connected=lambda: self.hypervisor.connected,
+            broker_connected=lambda: self.consumer.connected.is_set() and self.publisher.connected,
+            verbs_in_flight=lambda: self.executor.running + self.queries.running,
+            queue_depth=lambda: self.executor.waiting,
+            reconnects=reconnects,
+            events_published=lambda: dict(self.publisher.events),
+            confirm_failures=lambda: self.publisher.confirm_failures,
+            power_states=lambda: self.watch.power_states())
 
     def _publish(self, out: Outgoing) -> None:
         self.publisher.send(out)
@@ -217,6 +241,8 @@ class Service:
         """Connect everything and start consuming; returns once messages are being taken."""
         log.info("worker_starting", host=self.cfg.host, uri=self.cfg.libvirt_uri,
                  version=__version__, journal_entries=len(self.journal))
+        self._up = True
+        self.exporter.start()  # first: a scrape shows what start is waiting for
         if not self.hypervisor.alive():
             log.warning("libvirt_not_reached_yet", uri=self.cfg.libvirt_uri)
         else:
@@ -263,6 +289,8 @@ class Service:
         self.queries.shutdown(wait=False)
         self.journal.close()
         self.hypervisor.close()
+        self._up = False
+        self.exporter.stop()
         self.stopped.set()
 
     def publish_service_status(self, *, up: bool, disabled_reason: str | None) -> None:
@@ -274,6 +302,7 @@ class Service:
     def stop(self, grace: float = 30.0) -> None:
         """Stop taking messages, finish work in flight within grace, requeue the rest, close."""
         log.info("worker_stopping", in_flight=self.executor.pending, grace_s=grace)
+        self._up = False
         self._stopping.set()
         self.consumer.pause()
         self.dispatcher.draining = True
@@ -296,6 +325,7 @@ class Service:
         self.queries.shutdown(wait=finished)
         self.journal.close()
         self.hypervisor.close()
+        self.exporter.stop()  # the textfile's last write says up 0
         self.stopped.set()
         log.info("worker_stopped", completed=self.dispatcher.completed,
                  rejected=self.dispatcher.rejected)

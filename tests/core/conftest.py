@@ -21,6 +21,7 @@ from worker import config as config_mod
 from worker.core.answers import Answers
 from worker.core.dispatcher import Dispatcher, Lines
 from worker.core.journal import Journal
+from worker.core.meter import Meter
 from worker.core.methods import MethodTable
 from worker.core.ordering import KeyedExecutor
 from worker.virt.hypervisor import Hypervisor
@@ -40,9 +41,11 @@ class Core:
     lines: Lines
     faults: list[tuple[str, str | None]]
 
-    def deliver(self, message: dict[str, Any] | bytes, number: int) -> None:
+    def deliver(self, message: dict[str, Any] | bytes, number: int,
+                redelivered: bool = False) -> None:
         """Hand the dispatcher one delivery, as the consumer thread would."""
-        self.dispatcher.deliver(self.settles.delivery(message, number=number))
+        self.dispatcher.deliver(self.settles.delivery(message, number=number,
+                                                      redelivered=redelivered))
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def make_core(tmp_path: Path) -> Iterator[Callable[..., Core]]:
     made: list[Core] = []
 
     def make(*, domains: int = 2, table: MethodTable = TABLE, auto_confirm: bool = True,
-             **options: Any) -> Core:
+             meter: Meter | None = None, **options: Any) -> Core:
         uri, uuids = node_xml(tmp_path / f"node{len(made)}.xml", domains)
         cfg = config_mod.load(None, {
             "host": "core-host", "transport_url": "memory://", "connection_uri": uri,
@@ -66,7 +69,8 @@ def make_core(tmp_path: Path) -> Iterator[Callable[..., Core]]:
         faults: list[tuple[str, str | None]] = []
         dispatcher = Dispatcher(cfg, table, hypervisor, journal, outbox, lines, paths,
                                 Answers(cfg, __version__), retry_sleep=lambda _s: None,
-                                on_fault=lambda kind, reason: faults.append((kind, reason)))
+                                on_fault=lambda kind, reason: faults.append((kind, reason)),
+                                meter=meter)
         core = Core(dispatcher, outbox, Settles(), uuids, hypervisor, journal, lines, faults)
         made.append(core)
         return core

@@ -125,7 +125,8 @@ class Settles:
         self.done: dict[int, list[Settlement]] = {}
         self._cond = threading.Condition()
 
-    def delivery(self, message: dict[str, Any] | bytes, *, number: int) -> Delivery:
+    def delivery(self, message: dict[str, Any] | bytes, *, number: int,
+                 redelivered: bool = False) -> Delivery:
         """A delivery of message (an oslo inner message, or raw bytes) settled into done[number]."""
         with self._cond:
             self.done[number] = []
@@ -136,7 +137,7 @@ class Settles:
                 self._cond.notify_all()
 
         body = message if isinstance(message, bytes) else envelope.wrap(message)
-        return Delivery(body, False, settle)
+        return Delivery(body, redelivered, settle)
 
     def wait(self, number: int, timeout: float = 5.0) -> list[Settlement]:
         """Block until delivery number is settled; its settlements."""

@@ -87,6 +87,7 @@ def test_worker_serves_over_tls_with_a_ca_file(
         "ssl_ca_file": str(tls_broker.ca), "control_exchange": f"nova_{tag}",
         "notification_topic": f"notifications_{tag}", "virt_type": "test",
         "instances_path": str(tmp_path / "instances"), "state_dir": str(tmp_path / "state"),
+        "metrics_listen": "",
     }, environ={})
     service = Service(cfg, retry_sleep=lambda _s: None)
     service.start()

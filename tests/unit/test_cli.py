@@ -131,7 +131,10 @@ def test_every_subcommand_help_shows_examples_of_itself(
 
 
 def test_version_is_the_package_version_of_setup_cfg(capsys: pytest.CaptureFixture[str]) -> None:
-    """``--version`` prints the installed distribution's version, which is setup.cfg's."""
+    """``--version`` prints the installed distribution's version, which setup.cfg reads from
+    worker.__version__ (the one place it is written)."""
+    from worker import __version__
+
     ini = configparser.ConfigParser()
     ini.read(SETUP_CFG)
 
@@ -139,8 +142,9 @@ def test_version_is_the_package_version_of_setup_cfg(capsys: pytest.CaptureFixtu
         main(["--version"])
 
     assert 0 == caught.value.code
-    assert f"compute-worker {ini['metadata']['version']}\n" == capsys.readouterr().out
-    assert ini["metadata"]["version"] == importlib.metadata.version("compute-worker")
+    assert "attr: worker.__version__" == ini["metadata"]["version"]
+    assert f"compute-worker {__version__}\n" == capsys.readouterr().out
+    assert __version__ == importlib.metadata.version("compute-worker")
 
 
 @pytest.mark.parametrize("pairs, expected", [

@@ -42,6 +42,9 @@ RULES = (
     Rule("worker/virt", ("kombu", "amqp", "handlers", "worker.amqp", "worker.core",
                          "worker.codec", "worker.cli", "worker.service"),
          "the hypervisor side knows libvirt, not the wire or dispatch"),
+    Rule("worker/ops", ("kombu", "amqp", "libvirt", "handlers", "worker.amqp", "worker.codec",
+                        "worker.core", "worker.virt", "worker.cli", "worker.service"),
+         "operations (metrics) know what the service hands them, not the sides"),
     Rule("handlers", ("kombu", "amqp", "libvirt", "worker.amqp", "worker.cli",
                       "worker.service", "worker.core.dispatcher", "worker.core.journal",
                       "worker.core.state_watch"),
@@ -49,6 +52,8 @@ RULES = (
 )
 #: The one owner of netlink: taps and bridges are made there and nowhere else.
 NETLINK_HOME = "worker/virt/netdev.py"
+#: Only the operations package speaks Prometheus: the rest reports through the service.
+METRICS_HOME = "worker/ops/"
 GROUND = ("worker/config.py", "worker/errors.py", "worker/logs.py", "worker/messages.py",
           "worker/options.py", "worker/retry.py")
 # The ground imports nothing of ours above it; messages.py nothing of ours at all.
@@ -96,6 +101,9 @@ def breaches(paths: list[Path]) -> list[str]:
         if rel != NETLINK_HOME:
             found += [f"{rel}: {n} (only {NETLINK_HOME} talks netlink)"
                       for n in names if _hits(n, ("pyroute2",))]
+        if not rel.startswith(METRICS_HOME):
+            found += [f"{rel}: {n} (only {METRICS_HOME} imports prometheus_client)"
+                      for n in names if _hits(n, ("prometheus_client",))]
         if not rel.startswith("worker/cli/"):
             found += [f"{rel}: {n} (nothing imports the command line)"
                       for n in names if _hits(n, ("worker.cli",))]
@@ -106,7 +114,7 @@ def test_worker_is_packages_not_a_flat_directory() -> None:
     """ls worker/ shows the sides apart: the packages and the ground, nothing else."""
     entries = {p.name for p in (ROOT / "worker").iterdir() if p.name != "__pycache__"}
 
-    assert {"amqp", "codec", "core", "virt", "cli", "__init__.py", "service.py",
+    assert {"amqp", "codec", "core", "virt", "ops", "cli", "__init__.py", "service.py",
             *(Path(g).name for g in GROUND)} == entries
 
 
@@ -124,6 +132,8 @@ def test_every_module_keeps_its_package_rule() -> None:
     ("handlers", "from worker.amqp.publisher import Publisher"),
     ("worker/core", "    from worker.cli.main import main"),
     ("worker/virt", "from pyroute2 import IPRoute"),
+    ("worker/core", "from prometheus_client import Counter"),
+    ("worker/ops", "from worker.core.dispatcher import Dispatcher"),
 ])
 def test_a_rule_broken_by_hand_is_caught(tmp_path: Path, package: str, line: str) -> None:
     """Write a module that breaks a rule into a copy of its package: the checker names it."""

@@ -145,6 +145,23 @@ def test_pending_counts_queued_and_running_tasks(executor: KeyedExecutor) -> Non
     assert 0 == executor.pending
 
 
+def test_running_and_waiting_split_pending_by_threads() -> None:
+    """Two threads, three keys: two run; the third key and the tasks behind a key wait."""
+    pool = KeyedExecutor(max_workers=2, name="test-verb")
+    gate = threading.Event()
+    try:
+        for key in ("a", "a", "b", "c", "c"):
+            pool.submit(key, lambda: gate.wait(5) and None)
+
+        assert (2, 3, 5) == (pool.running, pool.waiting, pool.pending)
+        gate.set()
+        assert pool.wait_idle(timeout=5)
+        assert (0, 0) == (pool.running, pool.waiting)
+    finally:
+        gate.set()
+        pool.shutdown()
+
+
 def test_wait_idle_on_a_fresh_executor_is_immediate(executor: KeyedExecutor) -> None:
     """With nothing submitted, wait_idle returns True at once."""
     assert executor.wait_idle(timeout=0) is True

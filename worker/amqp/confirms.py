@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 
 from worker.errors import PublishError
@@ -11,6 +12,8 @@ from worker.messages import Outgoing
 
 #: A message to publish and the future its confirm resolves.
 Item = tuple[Outgoing, "Future[None]"]
+#: Told each message the broker settled: with None when confirmed, else why not.
+Tally = Callable[[Outgoing, "str | None"], None]
 
 
 def complete(future: Future[None], error: str | None) -> None:
@@ -27,8 +30,9 @@ def complete(future: Future[None], error: str | None) -> None:
 class Unconfirmed:
     """One connection's publishes not yet acked: delivery tag -> (item, when published)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tally: Tally | None = None) -> None:
         self.items: dict[int, tuple[Item, float]] = {}
+        self._tally = tally
         self.next_tag = 1
         self._closed = False
 
@@ -47,6 +51,8 @@ class Unconfirmed:
             entry = self.items.pop(t, None)
             if entry is not None:
                 complete(entry[0][1], error)
+                if self._tally is not None:
+                    self._tally(entry[0][0], error)
 
     def take_all(self) -> list[Item]:
         """Close the table: its items in publish order; nothing settles here any more."""

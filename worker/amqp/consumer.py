@@ -48,6 +48,8 @@ class Consumer:
         self._ever_consumed = False
         self._host_queue_name = ""
         self.received = 0
+        #: Connections opened (the first one and every reconnect).
+        self.connections = 0
 
     def stop(self) -> None:
         """Ask the loop to stop consuming and return."""
@@ -90,6 +92,7 @@ class Consumer:
         if consuming:
             self._consume(consumer)
         self.connected.set()
+        self.connections += 1
         log.info("consumer_connected", url=self._nodes.current,
                  queues=[q.name for q in queues], prefetch=self.cfg.rabbit.prefetch_count,
                  wire=type(wire).__name__)

@@ -86,6 +86,15 @@ class Publisher:
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._connected = threading.Event()
         self.published = 0
+        # Counted on this thread only, read from any (metrics): no lock needed.
+        self._events_prefix = cfg.notifications.notification_topic + "."
+        #: Events the broker confirmed, by priority (info, error).
+        self.events: dict[str, int] = {}
+        #: Publishes the broker nacked, or did not confirm within confirm_timeout.
+        self.confirm_failures = 0
+        #: Connections opened (the first one and every reconnect).
+        self.connections = 0
+        self._up = False
 
     # --- used from any thread --------------------------------------------------
 
@@ -96,6 +105,11 @@ class Publisher:
     def wait_connected(self, timeout: float) -> bool:
         """True once the first connection is up."""
         return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is up (False between a loss and the reconnect)."""
+        return self._up
 
     def send(self, out: Outgoing) -> Future[None]:
         """Queue one message; the future resolves when the broker has confirmed it."""
@@ -193,11 +207,13 @@ class Publisher:
         control_exchange(self.cfg)(channel).declare()
         for queue in notification_queues(self.cfg):
             queue(channel).declare()
-        unconfirmed = Unconfirmed()
+        unconfirmed = Unconfirmed(self._tally)
         publish = wire.publishing(
             channel, lambda tag, multiple, nacked: unconfirmed.settle(
                 tag, multiple, "nacked by broker" if nacked else None), self._returned)
         self._connected.set()
+        self.connections += 1
+        self._up = True
         log.info("publisher_connected", url=self._nodes.current, confirms=wire.confirms,
                  wire=type(wire).__name__)
         try:
@@ -208,6 +224,17 @@ class Publisher:
             with self._lock:
                 self._queue.extendleft(reversed(unconfirmed.take_all()))
             raise
+        finally:
+            self._up = False
+
+    def _tally(self, out: Outgoing, error: str | None) -> None:
+        """Count one settled publish: an event by its priority, or a failed confirm."""
+        if error is not None:
+            self.confirm_failures += 1
+        elif out.exchange == self.cfg.control_exchange and out.routing_key.startswith(
+                self._events_prefix):
+            priority = out.routing_key[len(self._events_prefix):]
+            self.events[priority] = self.events.get(priority, 0) + 1
 
     def _headers(self, out: Outgoing) -> dict[str, Any] | None:
         if self._key is None:
@@ -258,6 +285,7 @@ class Publisher:
                 if unconfirmed is None:
                     for item in batch:
                         complete(item[1], None)
+                        self._tally(item[0], None)
             if unconfirmed is not None and unconfirmed.items:
                 wire.pump()  # acks that came back while we were writing
             with self._lock:
@@ -282,6 +310,7 @@ class Publisher:
                 oldest = unconfirmed.oldest()
                 if (oldest is not None
                         and self._block.clock() - oldest > self.cfg.rabbit.confirm_timeout):
+                    self.confirm_failures += len(unconfirmed.items)  # published again next
                     raise ConnectionError(f"no confirm within {self.cfg.rabbit.confirm_timeout}s")
 
     def _idle_wait(self) -> float:

@@ -19,6 +19,7 @@ from worker.core.answers import Answers
 from worker.core.context import Context
 from worker.core.inflight import InFlight, InFlightTable
 from worker.core.journal import Journal
+from worker.core.meter import Meter, NoMeter
 from worker.core.methods import Answer, Method, MethodTable
 from worker.core.ordering import KeyedExecutor
 from worker.core.outbox import Outbox
@@ -78,11 +79,13 @@ class Dispatcher:
                  on_verb_end: Callable[[str, Any], None] | None = None,
                  signing_key: bytes | None = None,
                  on_fault: Callable[[str, str | None], None] | None = None,
-                 peers: Peers | None = None, arrivals: Arrivals | None = None) -> None:
+                 peers: Peers | None = None, arrivals: Arrivals | None = None,
+                 meter: Meter | None = None) -> None:
         """on_fault(kind, reason or None): a fault the worker cannot ride through began or ended.
 
         peers: how handlers reach other hosts' workers; arrivals: the instances
-        coming in by live migration (shared with the state watch).
+        coming in by live migration (shared with the state watch); meter: told
+        each message's outcome (metrics).
         """
         self.cfg = cfg
         self.table = table
@@ -104,6 +107,7 @@ class Dispatcher:
         self._count_lock = threading.Lock()  # confirms settle from the publisher's thread
         self.completed = 0
         self.rejected = 0
+        self.meter: Meter = meter if meter is not None else NoMeter()
 
     # --- on the consumer thread: cheap, never blocks ------------------------------
 
@@ -126,9 +130,13 @@ class Dispatcher:
                                         self._guarded(record, lambda: self._reject(record, bad)))
             return
         opened = self.inflight.open(req, delivery.settle)
-        if opened is None:
-            return  # a redelivery joined the run of its message
+        if opened is None:  # a redelivery joined the run of its message
+            self.meter.message(req.method, "duplicate")
+            if delivery.redelivered:
+                self.meter.redelivery_absorbed()
+            return
         record = opened
+        record.redelivered = delivery.redelivered
         if req.is_call and req.timeout:
             # Heartbeats start as soon as the call is ours, not when it runs:
             # a call waiting behind a slow verb must not time out its caller.
@@ -191,6 +199,9 @@ class Dispatcher:
             return
         if entry is not None:
             log.info("duplicate_skipped_already_completed")
+            self.meter.message(req.method, "duplicate")
+            if record.redelivered:
+                self.meter.redelivery_absorbed()
             self._finish(record, list(entry.outgoing))
             return
         try:
@@ -220,6 +231,7 @@ class Dispatcher:
         # journal would not know after a restart.
         if not ran.failed:
             log.info("verb_completed", action=method.action, duration_ms=ran.duration_ms)
+        self.meter.message(req.method, "error" if ran.failed else "ok", ran.duration_ms / 1000)
         self._finish(record, ran.answers)
 
     def _journal_call(self, call: Callable[[], _T]) -> _T:
@@ -346,6 +358,9 @@ class Dispatcher:
         """Answer a message that cannot be served, then reject it (no requeue)."""
         self.rejected += 1
         req = record.req
+        # Any name (or none): the meter keeps a method off its labels unless the table has it.
+        self.meter.message(req.method if req else str(exc.kwargs.get("method") or ""),
+                           "rejected")
         log.warning("message_rejected", error=type(exc).__name__, reason=exc.message[:300],
                     method=req.method if req else exc.kwargs.get("method"),
                     unique_id=req.unique_id if req else exc.kwargs.get("unique_id"))

@@ -26,6 +26,8 @@ class InFlight:
 
     def __init__(self, table: InFlightTable, req: Request | None, settle: Settle) -> None:
         self.req = req
+        #: The broker marked the delivery that opened it redelivered.
+        self.redelivered = False
         self._table = table
         self._settles = [settle]
         self._watch: int | None = None

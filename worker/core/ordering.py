@@ -18,6 +18,7 @@ class KeyedExecutor:
 
     def __init__(self, max_workers: int, name: str = "verb") -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name)
+        self._max_workers = max_workers
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         # key -> tasks waiting behind the one running; a key is present while busy.
@@ -62,6 +63,18 @@ class KeyedExecutor:
         """Tasks submitted and not yet finished."""
         with self._lock:
             return self._pending
+
+    @property
+    def running(self) -> int:
+        """Tasks running now: one per busy key, as many as the pool has threads."""
+        with self._lock:
+            return min(len(self._queues), self._max_workers)
+
+    @property
+    def waiting(self) -> int:
+        """Tasks queued and not yet running: behind their key's earlier ones, or for a thread."""
+        with self._lock:
+            return self._pending - min(len(self._queues), self._max_workers)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no task is pending; False if the timeout passed first."""

@@ -115,6 +115,15 @@ class StateWatch:
         with self._lock:
             self._known[uuid] = state if state is not None else _GONE
 
+    def power_states(self) -> dict[str, int]:
+        """How many known domains are in each power state (running, shutdown, ...)."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for state in self._known.values():
+                if state != _GONE:
+                    counts[state] = counts.get(state, 0) + 1
+        return counts
+
     # --- the watch thread -------------------------------------------------------------
 
     def _run(self) -> None:

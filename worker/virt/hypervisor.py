@@ -90,6 +90,8 @@ class Hypervisor:
         self._on_close = on_close
         self._lock = threading.Lock()
         self._conn: libvirt.virConnect | None = None
+        #: Connections opened: the first and every reopening after a loss.
+        self.opened = 0
         self._callback_ids: list[int] = []
         # (domain uuid, device alias) -> who waits for that device to go.
         self._removals: dict[tuple[str, str], DeviceRemoval] = {}
@@ -162,6 +164,11 @@ class Hypervisor:
                 if self._removals.get(key) is waiter:
                     del self._removals[key]
 
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open (none yet, or lost and not reopened: False)."""
+        return self._conn is not None
+
     def connection(self) -> libvirt.virConnect:
         """The live connection, opened (or reopened) on first use."""
         with self._lock:
@@ -175,6 +182,7 @@ class Hypervisor:
                     return conn
                 self._drop(conn)
             self._conn = self._open()
+            self.opened += 1
             return self._conn
 
     def _drop(self, conn: libvirt.virConnect) -> None:

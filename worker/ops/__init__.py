@@ -1,0 +1,1 @@
+"""Operations: what an operator watches the worker by (Prometheus metrics)."""
