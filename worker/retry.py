@@ -72,11 +72,17 @@ def libvirt_reconnect_policy(sleep: Sleep = time.sleep) -> tenacity.Retrying:
 
 
 def broker_policy(sleep: Sleep = time.sleep, *, event: str = "broker_reconnect_wait",
-                  retry_on: tuple[type[BaseException], ...] = (Exception,)) -> tenacity.Retrying:
-    """Reconnect to the broker forever: exponential backoff with jitter, capped at 30 s."""
+                  retry_on: tuple[type[BaseException], ...] = (Exception,),
+                  stopping: Callable[[], bool] = lambda: False) -> tenacity.Retrying:
+    """Reconnect to the broker until it works or stopping(): backoff with jitter, capped at 30 s.
+
+    sleep should return early once stopping() is true, so that a stop is not
+    kept waiting for the end of a 30 s backoff.
+    """
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(retry_on),
         wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=30, jitter=1.0),
+        stop=lambda _state: stopping(),
         before_sleep=_log_before_sleep(event),
         sleep=sleep,
         reraise=True,
@@ -91,7 +97,12 @@ def reconnecting(connect: Callable[[], Any], serve: Callable[[Any], None], *, na
     worker that has lived through many outages still comes back at once.
     """
     while not stopping():
-        conn = broker_policy(sleep, event=f"{name}_reconnect_wait")(connect)
+        try:
+            conn = broker_policy(sleep, event=f"{name}_reconnect_wait", stopping=stopping)(connect)
+        except Exception:
+            if stopping():
+                return  # asked to stop while the broker was away
+            raise
         began = time.monotonic()
         try:
             serve(conn)

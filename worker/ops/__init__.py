@@ -1,0 +1,1 @@
+"""Operating the worker: what it tells its supervisor (systemd) and its watchers."""
