@@ -8,8 +8,9 @@ need_pkgs=()
 # util-linux and iproute2 also make the second libvirt host of the migration tests
 # (unshare, nsenter; ip netns, veth, tc, ss);
 # libvirt-clients and libxml2-utils: virt-xml-validate (and the xmllint it runs) judge
-# every domain XML the tests make; qemu-utils: qemu-img and qemu-nbd.
-for p in rabbitmq-server libvirt-daemon-system libvirt-clients libxml2-utils libvirt-dev pkg-config qemu-system-x86 qemu-utils e2fsprogs dosfstools util-linux iproute2 python3-venv; do
+# every domain XML the tests make; qemu-utils: qemu-img and qemu-nbd; systemd:
+# systemd-analyze and systemd-tmpfiles check the unit and the tmpfiles entry.
+for p in rabbitmq-server systemd libvirt-daemon-system libvirt-clients libxml2-utils libvirt-dev pkg-config qemu-system-x86 qemu-utils e2fsprogs dosfstools util-linux iproute2 python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then
