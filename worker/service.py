@@ -94,7 +94,7 @@ class Service:
         self._faults: dict[str, str] = {}
         self._faults_lock = threading.Lock()
         self.stopped = threading.Event()
-        self.systemd = Supervision(Notifier(), self._systemd_state,
+        self.systemd = Supervision(Notifier(), self.systemd_state,
                                    lambda: min(self.consumer.moved_at, self.publisher.moved_at))
         self._heartbeat = threading.Thread(target=self._report_alive, name="heartbeat",
                                            daemon=True)
@@ -184,7 +184,7 @@ class Service:
         """Why the worker cannot run at all (set on its first connection), if it cannot."""
         return self.consumer.refused or self.publisher.refused
 
-    def _systemd_state(self) -> tuple[bool, str]:
+    def systemd_state(self) -> tuple[bool, str]:
         """(consuming, what the worker is doing) for systemd's READY and STATUS."""
         if self._stopping.is_set():
             return False, "stopping"

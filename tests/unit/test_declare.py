@@ -1,4 +1,4 @@
-"""A declaration RabbitMQ refuses (406) becomes one sentence: which one, what differs, what to do."""
+"""A declaration RabbitMQ refuses (406) becomes one sentence: which, what differs, what to do."""
 
 from __future__ import annotations
 

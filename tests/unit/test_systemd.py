@@ -1,4 +1,4 @@
-"""systemd's notify protocol: what the worker's Notifier and Supervision send, on a socket the test owns."""
+"""systemd's notify protocol: what Notifier and Supervision send, on a socket the test owns."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def listener() -> Iterator[NotifySocket]:
 
 
 def test_ready_and_status_reach_an_abstract_socket(listener: NotifySocket) -> None:
-    """NOTIFY_SOCKET=@name is Linux's abstract namespace: READY=1 and STATUS= arrive as one datagram."""
+    """NOTIFY_SOCKET=@name (Linux's abstract namespace): READY=1 and STATUS= in one datagram."""
     notifier = Notifier({"NOTIFY_SOCKET": listener.address})
 
     assert notifier.ready("consuming compute.h1")
@@ -70,7 +70,7 @@ def test_a_socket_nobody_listens_on_fails_quietly() -> None:
 ])
 def test_the_ping_interval_is_half_the_watchdog_period(env: dict[str, str],
                                                        expected: float | None) -> None:
-    """sd_watchdog_enabled(3): WATCHDOG_USEC for this pid (WATCHDOG_PID), pinged twice per period."""
+    """sd_watchdog_enabled(3): WATCHDOG_USEC for this pid (WATCHDOG_PID), two pings a period."""
     assert expected == watchdog_interval(env, os.getpid())
 
 

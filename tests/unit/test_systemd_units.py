@@ -66,7 +66,7 @@ def test_hardening_keeps_the_exposure_low(unit: Path) -> None:
 
 
 def test_the_tmpfiles_entry_makes_the_directories_with_their_modes(tmp_path: Path) -> None:
-    """systemd-tmpfiles --create, in a root of the test's own, makes each directory, mode as said."""
+    """systemd-tmpfiles --create, in a root of the test's own, makes each directory as said."""
     done = subprocess.run([_tool("systemd-tmpfiles"), "--create", f"--root={tmp_path}",
                            str(TMPFILES)], capture_output=True, text=True, timeout=60,
                           check=False)

@@ -144,7 +144,8 @@ class Supervision:
         while not self._stop.is_set():
             try:
                 self._turn()
-                if self.interval is not None and time.monotonic() >= due:
+                # Pings only once READY: systemd arms the watchdog then, not before.
+                if self.ready and self.interval is not None and time.monotonic() >= due:
                     due = time.monotonic() + self.interval
                     self._ping()
             except Exception:  # telling systemd must never end the worker
