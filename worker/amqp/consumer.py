@@ -15,7 +15,7 @@ from kombu import Message
 
 from worker import logs
 from worker.amqp.connection import Nodes, node_urls, open_node
-from worker.amqp.declare import declare
+from worker.amqp.declare import MISMATCH_RECHECK, declare
 from worker.amqp.topology import declared_only, rpc_queues
 from worker.amqp.waker import Waker
 from worker.amqp.wire import Owed, Wire, wire_for
@@ -25,8 +25,6 @@ from worker.messages import Delivery, Settlement
 from worker.retry import reconnecting
 
 log = logs.get(__name__)
-#: Seconds between checks of a queue the broker holds with other flags (after a reconnect).
-MISMATCH_RECHECK = 30.0
 #: Told what clashes with the broker's queues (None once declarations work again).
 OnMismatch = Callable[[TopologyMismatch | None], None]
 

@@ -20,6 +20,8 @@ from worker.errors import TopologyMismatch
 _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' "
     r"in vhost '(?P<vhost>[^']*)': received (?P<ours>.*?) but current is (?P<theirs>.*)$")
+#: Seconds between declaring again, after a reconnect found a clash: has someone acted?
+MISMATCH_RECHECK = 30.0
 #: The argument RabbitMQ names -> the option of ours that sets it.
 OPTIONS = {
     "durable": "amqp_durable_queues",

@@ -26,7 +26,7 @@ from kombu import Connection
 from worker import logs
 from worker.amqp.confirms import Block, Item, Unconfirmed, complete
 from worker.amqp.connection import Nodes, node_urls, open_node
-from worker.amqp.declare import declare
+from worker.amqp.declare import MISMATCH_RECHECK, declare
 from worker.amqp.topology import control_exchange, notification_queues
 from worker.amqp.waker import Waker
 from worker.amqp.wire import Publish, Wire, wire_for
@@ -77,6 +77,7 @@ class Publisher:
         self._on_mismatch = on_mismatch
         self._mismatch: TopologyMismatch | None = None
         self._ever_declared = False
+        self._recheck_at = 0.0
         #: Set when the first connection found our exchange or event queues on the broker
         #: with other flags: the worker cannot start.
         self.refused: TopologyMismatch | None = None
@@ -253,10 +254,12 @@ class Publisher:
                 self.refused = exc
                 return None
             if self._mismatch is None or self._mismatch.message != exc.message:
-                log.error("broker_topology_mismatch", reason=exc.message)
+                log.error("broker_topology_mismatch", reason=exc.message,
+                          recheck_s=MISMATCH_RECHECK)
                 self._mismatch = exc
                 if self._on_mismatch is not None:
                     self._on_mismatch(exc)
+            self._recheck_at = time.monotonic() + MISMATCH_RECHECK
             return conn.channel()  # the refusal closed the first one
         self._ever_declared = True
         if self._mismatch is not None:
@@ -320,9 +323,11 @@ class Publisher:
                 wire.pump()  # acks that came back while we were writing
             with self._lock:
                 idle = not self._queue
-                if (idle and self._stopping and not self._held
-                        and not (unconfirmed and unconfirmed.items)):
+                settled = idle and not self._held and not (unconfirmed and unconfirmed.items)
+                if settled and self._stopping:
                     return
+                if settled and self._mismatch is not None and time.monotonic() >= self._recheck_at:
+                    return  # a fresh connection declares again: does the broker match now?
                 # Blocked: nothing to write, so wait for the broker (its unblock) too.
                 wait = self._idle_wait() if idle or self._block.reason is not None else 0.0
                 self._sleeping_until = time.monotonic() + wait if wait > 0 else 0.0
