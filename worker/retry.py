@@ -96,9 +96,15 @@ def reconnecting(connect: Callable[[], Any], serve: Callable[[Any], None], *, na
     Each outage gets a fresh policy, so the backoff starts small again: a
     worker that has lived through many outages still comes back at once.
     """
+    def attempt() -> Any:
+        # Not one more try (up to a connect timeout) once a stop has cut the wait short.
+        if stopping():
+            raise ConnectionAbortedError("stopping")
+        return connect()
+
     while not stopping():
         try:
-            conn = broker_policy(sleep, event=f"{name}_reconnect_wait", stopping=stopping)(connect)
+            conn = broker_policy(sleep, event=f"{name}_reconnect_wait", stopping=stopping)(attempt)
         except Exception:
             if stopping():
                 return  # asked to stop while the broker was away
