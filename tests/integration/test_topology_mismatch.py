@@ -118,3 +118,42 @@ def test_a_clash_after_a_reconnect_disables_the_host_with_the_reason(
     said = [e for e in info_logs if e["event"] == "broker_topology_mismatch"]
     assert [reason] == [e["reason"] for e in said]
     assert 3 == connections  # consumer, publisher, and the publisher once again: no more
+
+
+#: AMQP method basic.qos (class 60, method 10): the consumer's link sends it.
+BASIC_QOS = b"\x00\x3c\x00\x0a"
+
+
+def test_a_host_queue_made_quorum_under_a_running_worker_disables_the_host(
+        make_config: Callable[..., Config], broker_url: str, relay: Relay,
+        info_logs: list[MutableMapping[str, Any]]) -> None:
+    """The host queue deleted and declared again as a quorum queue while the worker runs: the
+    consumer, back from the broker's cancel, finds it clashing and reports the host disabled
+    with the reason, once, instead of reconnecting once a second."""
+    cfg = make_config(report_interval=0.5)
+    tap = EventTap(broker_url, cfg.control_exchange, cfg.notifications.notification_topic)
+    service = Service(dataclasses.replace(cfg, transport_url=relay.url),
+                      retry_sleep=lambda _s: None, debounce=0.3)
+    service.start()
+    try:
+        link = relay.link_that_sent(BASIC_QOS)
+        assert link is not None
+        name = f"{cfg.topic}.{cfg.host}"
+        # The consumer hears of the delete (basic.cancel) only once the quorum queue is there.
+        relay.hold(link)
+        _replace(broker_url, name, durable=True, queue_arguments={"x-queue-type": "quorum"})
+        relay.release()
+        events = tap.wait_for(lambda evs: len(_disabled(evs)) >= 3, timeout=30)
+        faults, state = service.faults, service.systemd_state()
+        connections = relay.connections
+    finally:
+        service.stop(grace=5)
+        tap.close()
+    reason = _disabled(events)[0]
+
+    assert reason.startswith(f"queue '{name}' on the broker has durable true"), reason
+    assert {"broker_queues": reason} == faults
+    assert (False, f"disabled, not consuming: {reason}") == state
+    said = [e for e in info_logs if e["event"] == "broker_queue_mismatch"]
+    assert [reason] == [e["reason"] for e in said]
+    assert 3 == connections  # consumer, publisher, and the consumer once again: no more
