@@ -335,6 +335,7 @@ class Service:
         """Stop taking messages, finish work in flight within grace, requeue the rest, close."""
         log.info("worker_stopping", in_flight=self.executor.pending, grace_s=grace)
         self._stopping.set()
+        self._libvirt_down.set()  # wakes the libvirt guard, which then sees the stop
         self.systemd.stopping()
         self.consumer.pause()
         self.dispatcher.draining = True

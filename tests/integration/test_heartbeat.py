@@ -40,9 +40,11 @@ def test_a_healthy_worker_beats_and_a_killed_one_falls_silent(
     assert killed == len(beats), "a SIGKILLed worker kept reporting"
     counts = [b["report_count"] for b in beats]
     assert list(range(counts[0], counts[0] + len(counts))) == counts
+    # nova's DateTimeField goes to whole seconds: the beats move it on, a second at a time.
     seen = [datetime.datetime.fromisoformat(str(b["last_seen_up"])) for b in beats]
-    steps = [(b - a).total_seconds() for a, b in zip(seen[1:], seen[2:], strict=False)]
-    assert all(0.3 <= step <= 1.5 for step in steps), steps
+    assert sorted(seen) == seen
+    span = (seen[-1] - seen[1]).total_seconds()
+    assert (len(seen) - 2) * INTERVAL - 1 <= span <= (len(seen) - 2) * INTERVAL + 1, seen
     assert {False} == {b["disabled"] for b in beats}
     for event in tap.snapshot():
         check_event(event)

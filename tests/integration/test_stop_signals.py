@@ -70,3 +70,19 @@ def test_a_stop_signal_ends_a_worker_whose_libvirt_is_unreachable(
 
     assert (0, True) == (code, took < WITHIN), (took, worker.text()[-2000:])
     assert any(r.get("event") == "worker_stopped" for r in worker.records())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_ends_an_idle_consuming_worker(cfg: Config, tmp_path: Path,
+                                                     sig: int) -> None:
+    """Broker and libvirt there, nothing running: a signal ends it within a second, said down."""
+    worker = RunningWorker(argv_for(cfg), tmp_path / "worker.log")
+    try:
+        worker.wait_logged("consuming")
+        worker.wait_logged("worker_started")
+        code, took = worker.signal_and_time(sig)
+    finally:
+        worker.close()
+
+    assert (0, True) == (code, took < WITHIN), (took, worker.text()[-2000:])
+    assert any(r.get("event") == "worker_stopped" for r in worker.records())
