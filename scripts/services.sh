@@ -9,8 +9,9 @@ need_pkgs=()
 # (unshare, nsenter; ip netns, veth, tc, ss);
 # libvirt-clients and libxml2-utils: virt-xml-validate (and the xmllint it runs) judge
 # every domain XML the tests make; qemu-utils: qemu-img and qemu-nbd;
-# tmux: the tests drive compute-worker top in it and read its screen.
-for p in rabbitmq-server libvirt-daemon-system libvirt-clients libxml2-utils libvirt-dev pkg-config qemu-system-x86 qemu-utils e2fsprogs dosfstools util-linux iproute2 tmux python3-venv; do
+# tmux: the tests drive compute-worker top in it and read its screen; systemd:
+# systemd-analyze and systemd-tmpfiles check the unit and the tmpfiles entry.
+for p in rabbitmq-server systemd libvirt-daemon-system libvirt-clients libxml2-utils libvirt-dev pkg-config qemu-system-x86 qemu-utils e2fsprogs dosfstools util-linux iproute2 tmux python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then

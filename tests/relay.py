@@ -31,6 +31,7 @@ class Relay:
         self.client_bytes: dict[int, bytearray] = {}
         self._held = threading.Event()
         self._held_links: set[int] = set()
+        self._cut_links: set[int] = set()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, name="relay", daemon=True)]
         self._threads[0].start()
@@ -45,6 +46,10 @@ class Relay:
     def holding(self, data: bytes) -> bool:
         """True when some connection holds back bytes from the broker that contain data."""
         return any(data in bytes(buffer) for buffer in list(self._buffers))
+
+    def cut(self, link: int) -> None:
+        """Close one link, both ways, as a network failure would: its client reconnects."""
+        self._cut_links.add(link)
 
     def release(self) -> None:
         """Deliver everything held, and forward at once again."""
@@ -85,7 +90,7 @@ class Relay:
         upstream_open = True
         first = self.client_bytes[number]
         with contextlib.suppress(OSError), client, upstream:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and number not in self._cut_links:
                 holding = self._held.is_set() or number in self._held_links
                 if held and not holding:
                     client.sendall(held)

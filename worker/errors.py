@@ -225,6 +225,12 @@ class HostQueueTaken(WorkerError):
     expected = False
 
 
+class TopologyMismatch(WorkerError):
+    """The broker holds a queue or exchange of ours with other flags (406 PRECONDITION_FAILED)."""
+
+    expected = False
+
+
 class JournalUnavailable(WorkerError):
     """The journal cannot be written or read (disk full, read-only, I/O error)."""
 

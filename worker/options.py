@@ -284,6 +284,10 @@ class Config:
         1800.0, "seconds the slow calls of a live migration (the checks and "
         "pre_live_migration) wait for the other host, as nova's", minimum=1
     )
+    report_interval: float = _opt(
+        10.0, "seconds between service.update heartbeats (report_count grows, last_seen_up "
+        "is now): a host silent for several is down, as nova's", minimum=0.1
+    )
     libvirt: LibvirtOptions = field(default_factory=LibvirtOptions)
     rabbit: RabbitOptions = field(default_factory=RabbitOptions)
     notifications: NotificationOptions = field(default_factory=NotificationOptions)

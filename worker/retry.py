@@ -92,11 +92,17 @@ def libvirt_reconnect_policy(sleep: Sleep = time.sleep) -> tenacity.Retrying:
 
 
 def broker_policy(sleep: Sleep = time.sleep, *, event: str = "broker_reconnect_wait",
-                  retry_on: tuple[type[BaseException], ...] = (Exception,)) -> tenacity.Retrying:
-    """Reconnect to the broker forever: exponential backoff with jitter, capped at 30 s."""
+                  retry_on: tuple[type[BaseException], ...] = (Exception,),
+                  stopping: Callable[[], bool] = lambda: False) -> tenacity.Retrying:
+    """Reconnect to the broker until it works or stopping(): backoff with jitter, capped at 30 s.
+
+    sleep should return early once stopping() is true, so that a stop is not
+    kept waiting for the end of a 30 s backoff.
+    """
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(retry_on),
         wait=backoff(0.5, 30, 1.0),
+        stop=lambda _state: stopping(),
         before_sleep=_log_before_sleep(event),
         sleep=sleep,
         reraise=True,
@@ -110,8 +116,19 @@ def reconnecting(connect: Callable[[], Any], serve: Callable[[Any], None], *, na
     Each outage gets a fresh policy, so the backoff starts small again: a
     worker that has lived through many outages still comes back at once.
     """
+    def attempt() -> Any:
+        # Not one more try (up to a connect timeout) once a stop has cut the wait short.
+        if stopping():
+            raise ConnectionAbortedError("stopping")
+        return connect()
+
     while not stopping():
-        conn = broker_policy(sleep, event=f"{name}_reconnect_wait")(connect)
+        try:
+            conn = broker_policy(sleep, event=f"{name}_reconnect_wait", stopping=stopping)(attempt)
+        except Exception:
+            if stopping():
+                return  # asked to stop while the broker was away
+            raise
         began = time.monotonic()
         try:
             serve(conn)

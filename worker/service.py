@@ -10,6 +10,7 @@ from typing import Any
 from handlers import network
 from handlers.registry import TABLE
 from worker import __version__, logs
+from worker.amqp.connection import masked
 from worker.amqp.consumer import Consumer
 from worker.amqp.peers import AmqpPeers
 from worker.amqp.publisher import Publisher
@@ -23,10 +24,11 @@ from worker.core.journal import Journal
 from worker.core.ordering import KeyedExecutor
 from worker.core.peers import Arrivals
 from worker.core.state_watch import StateWatch
-from worker.errors import HypervisorUnavailable
+from worker.errors import HostQueueTaken, HypervisorUnavailable, TopologyMismatch
 from worker.messages import Outgoing
 from worker.ops.export import Exporter
 from worker.ops.metrics import Metrics, Readings
+from worker.ops.systemd import Notifier, Supervision
 from worker.retry import libvirt_reconnect_policy
 from worker.virt.hypervisor import Hypervisor
 from worker.virt.image_cache import ImageCache
@@ -42,7 +44,9 @@ class Service:
     def __init__(self, cfg: Config, *, retry_sleep: Callable[[float], None] | None = None,
                  sync_interval: float = 60.0, debounce: float = 2.0) -> None:
         self.cfg = cfg
-        self._sleep = retry_sleep or time.sleep
+        self._stopping = threading.Event()
+        # Waits between libvirt reconnects end at once when the worker is stopped.
+        self._sleep = retry_sleep or self._rest
         self.paths = InstancePaths(cfg.instances_path)
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self.hypervisor = Hypervisor(cfg.libvirt_uri, on_close=self._libvirt_lost,
@@ -55,7 +59,8 @@ class Service:
                                keep_younger_than=cfg.worker.signature_max_age
                                if cfg.worker.signing_key_file else 0.0)
         key = signing.load_key(cfg.worker.signing_key_file) if cfg.worker.signing_key_file else None
-        self.publisher = Publisher(cfg, signing_key=key, on_blocked=self._broker_blocked)
+        self.publisher = Publisher(cfg, signing_key=key, on_blocked=self._broker_blocked,
+                                   on_mismatch=self._topology_mismatch("broker_topology"))
         self.answers = Answers(cfg, __version__)
         self._up = False
         self.metrics = Metrics(TABLE.methods, self._readings())
@@ -79,7 +84,8 @@ class Service:
                                      on_fault=self.fault,
                                      peers=AmqpPeers(cfg, signing_key=key),
                                      arrivals=self.arrivals, meter=self.metrics)
-        self.consumer = Consumer(cfg, self.dispatcher.deliver, busy=self._busy)
+        self.consumer = Consumer(cfg, self.dispatcher.deliver, busy=self._busy,
+                                 on_mismatch=self._topology_mismatch("broker_queues"))
         self.host_report = HostReport(cfg, self.hypervisor, self.answers, self.publisher.send)
         self._threads = [
             threading.Thread(target=self._consume, name="consumer", daemon=True),
@@ -94,9 +100,13 @@ class Service:
         # blocked, journal unwritable): consuming is paused while any lasts.
         self._faults: dict[str, str] = {}
         self._faults_lock = threading.Lock()
-        self._stopping = threading.Event()
         self.stopped = threading.Event()
+        self.systemd = Supervision(Notifier(), self.systemd_state,
+                                   lambda: min(self.consumer.moved_at, self.publisher.moved_at))
+        self._heartbeat = threading.Thread(target=self._report_alive, name="heartbeat",
+                                           daemon=True)
         self.libvirt_outages = 0
+        self._started = False
 
     # --- wiring callbacks -------------------------------------------------------------
 
@@ -116,6 +126,9 @@ class Service:
             events_published=lambda: dict(self.publisher.events),
             confirm_failures=lambda: self.publisher.confirm_failures,
             power_states=lambda: self.watch.power_states())
+
+    def _rest(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
 
     def _publish(self, out: Outgoing) -> None:
         self.publisher.send(out)
@@ -155,6 +168,11 @@ class Service:
             log.info("broker_unblocked")
             self.fault("broker_blocked", None)
 
+    def _topology_mismatch(self, kind: str) -> Callable[[TopologyMismatch | None], None]:
+        # Queues or an exchange the broker holds with other flags, found after a
+        # reconnect: nothing the worker can fix, so it stays disabled and says why.
+        return lambda exc: self.fault(kind, None if exc is None else exc.message)
+
     def fault(self, kind: str, reason: str | None) -> None:
         """A fault of this kind began (with its reason) or ended (None).
 
@@ -184,6 +202,34 @@ class Service:
         """The faults lasting now: kind -> reason."""
         with self._faults_lock:
             return dict(self._faults)
+
+    @property
+    def refused(self) -> HostQueueTaken | TopologyMismatch | None:
+        """Why the worker cannot run at all (set on its first connection), if it cannot."""
+        return self.consumer.refused or self.publisher.refused
+
+    def systemd_state(self) -> tuple[bool, str]:
+        """(consuming, what the worker is doing) for systemd's READY and STATUS."""
+        if self._stopping.is_set():
+            return False, "stopping"
+        faults = self.faults
+        if faults:
+            return False, "disabled, not consuming: " + "; ".join(faults.values())
+        if not (self.consumer.connected.is_set() and self.publisher.wait_connected(0)):
+            return False, f"connecting to the broker at {masked(self.cfg.transport_url)}"
+        if not self.consumer.consuming:
+            return False, "connected, not consuming yet"
+        return True, f"consuming {self.cfg.topic}.{self.cfg.host}"
+
+    def _report_alive(self) -> None:
+        """nova's service heartbeat: service.update every report_interval while running."""
+        while not self._stopping.wait(self.cfg.report_interval):
+            # Under the faults lock: a heartbeat never overtakes the report of a change.
+            with self._faults_lock:
+                if self._stopping.is_set():
+                    return
+                reason = "; ".join(self._faults.values()) or None
+                self.publish_service_status(up=True, disabled_reason=reason)
 
     # --- threads ---------------------------------------------------------------------------
 
@@ -237,8 +283,12 @@ class Service:
 
     # --- start and stop --------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Connect everything and start consuming; returns once messages are being taken."""
+    def start(self, timeout: float = 30.0, cancel: threading.Event | None = None) -> None:
+        """Connect everything and start consuming; returns once messages are being taken.
+
+        Returns early, consuming or not, once cancel is set (a stop signal while the
+        broker is away): stop() follows.
+        """
         log.info("worker_starting", host=self.cfg.host, uri=self.cfg.libvirt_uri,
                  version=__version__, journal_entries=len(self.journal))
         self._up = True
@@ -250,18 +300,27 @@ class Service:
         self.publisher.start()
         for thread in self._threads:
             thread.start()
+        self.systemd.start()
         deadline = time.monotonic() + timeout
-        while not self.consumer.connected.wait(0.05) and time.monotonic() < deadline:
-            if self.consumer.refused is not None:
-                log.error("host_queue_taken", reason=self.consumer.refused.message)
-                self._abandon()
-                raise self.consumer.refused
-        if not (self.publisher.wait_connected(max(0.0, deadline - time.monotonic()))
-                and self.consumer.connected.is_set()):
-            log.warning("broker_not_reached_yet", timeout=timeout)
+        while not (self.consumer.connected.is_set() and self.publisher.wait_connected(0)):
+            refused = self.refused
+            if refused is not None:
+                log.error("host_queue_taken" if isinstance(refused, HostQueueTaken)
+                          else "broker_topology_mismatch", reason=refused.message)
+                self.abandon()
+                raise refused
+            if cancel is not None and cancel.is_set():
+                log.warning("start_cancelled")
+                return
+            if time.monotonic() >= deadline:
+                log.warning("broker_not_reached_yet", timeout=timeout)
+                break
+            self.consumer.connected.wait(0.05)
         self.publish_service_status(up=True, disabled_reason=None)
         self.watch.start()
         self.host_report.start()
+        self._heartbeat.start()
+        self._started = True
         log.info("worker_started", host=self.cfg.host)
 
     def _replug_vifs(self) -> None:
@@ -274,13 +333,14 @@ class Service:
         if made:
             log.info("vifs_replugged_at_start", made=made)
 
-    def _abandon(self) -> None:
+    def abandon(self) -> None:
         """Undo start() without a word on the wire: the host belongs to another worker.
 
         A service.update from here would tell the world that the other
         worker's host went down.
         """
         self._stopping.set()
+        self.systemd.stopping("refused at start")
         self.consumer.stop()
         self.publisher.stop(timeout=5)  # nothing was queued yet
         for thread in self._threads:
@@ -304,6 +364,8 @@ class Service:
         log.info("worker_stopping", in_flight=self.executor.pending, grace_s=grace)
         self._up = False
         self._stopping.set()
+        self._libvirt_down.set()  # wakes the libvirt guard, which then sees the stop
+        self.systemd.stopping()
         self.consumer.pause()
         self.dispatcher.draining = True
         deadline = time.monotonic() + grace
@@ -317,8 +379,10 @@ class Service:
         self.consumer.stop()
         for thread in self._threads:
             thread.join(10)
-        self.watch.stop()
-        self.host_report.stop()
+        if self._started:  # not when a stop signal cut start() short
+            self.watch.stop()
+            self.host_report.stop()
+            self._heartbeat.join(5)
         self.publish_service_status(up=False, disabled_reason=None)
         self.publisher.stop()
         self.executor.shutdown(wait=finished)

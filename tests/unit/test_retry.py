@@ -9,7 +9,7 @@ import tenacity
 from structlog.testing import capture_logs
 
 from worker.errors import HypervisorError, HypervisorUnavailable
-from worker.retry import libvirt_policy
+from worker.retry import libvirt_policy, reconnecting
 
 
 def NEVER() -> bool:  # noqa: N802 (reads as a constant at the call sites)
@@ -144,3 +144,22 @@ def test_a_log_line_comes_before_each_sleep(fake_time: FakeTime) -> None:
     assert [{"event": "libvirt_retry", "log_level": "warning", "attempt": n,
              "sleep_s": round(delay, 3), "error": "socket closed"}
             for n, delay in enumerate(fake_time.sleeps, 1)] == logs
+
+
+def test_a_stop_during_a_reconnect_wait_ends_reconnecting_without_another_try() -> None:
+    """Broker unreachable: a stop that cuts the backoff short returns, with no further connect."""
+    tries: list[int] = []
+    stop: list[bool] = []
+
+    def connect() -> object:
+        tries.append(1)
+        raise ConnectionRefusedError("closed port")
+
+    def sleep(_seconds: float) -> None:
+        if len(tries) == 3:
+            stop.append(True)  # the stop signal arrives during the third wait
+
+    reconnecting(connect, lambda _conn: None, name="consumer", stopping=lambda: bool(stop),
+                 sleep=sleep)
+
+    assert 3 == len(tries)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -14,23 +15,28 @@ from kombu import Message
 
 from worker import logs
 from worker.amqp.connection import Nodes, node_urls, open_node
+from worker.amqp.declare import MISMATCH_RECHECK, declare
 from worker.amqp.topology import declared_only, rpc_queues
 from worker.amqp.waker import Waker
 from worker.amqp.wire import Owed, Wire, wire_for
 from worker.config import Config
-from worker.errors import HostQueueTaken
+from worker.errors import HostQueueTaken, TopologyMismatch
 from worker.messages import Delivery, Settlement
 from worker.retry import reconnecting
 
 log = logs.get(__name__)
+#: Told what clashes with the broker's queues (None once declarations work again).
+OnMismatch = Callable[[TopologyMismatch | None], None]
 
 
 class Consumer:
     """Consumes the RPC queues; settles only on its own thread, never across a reconnect."""
 
     def __init__(self, cfg: Config, on_delivery: Callable[[Delivery], None],
-                 busy: Callable[[], bool]) -> None:
+                 busy: Callable[[], bool], on_mismatch: OnMismatch | None = None) -> None:
         self.cfg = cfg
+        self._on_mismatch = on_mismatch
+        self._mismatch: TopologyMismatch | None = None
         self._on_delivery = on_delivery
         self._busy = busy
         self._settlements: queue.SimpleQueue[tuple[int, Message, Settlement]] = queue.SimpleQueue()
@@ -43,9 +49,15 @@ class Consumer:
                             name="consumer")
         self.fanout_unique = uuid.uuid4().hex
         self.connected = threading.Event()
-        #: Set when the first connection found another worker on this host's queue.
-        self.refused: HostQueueTaken | None = None
+        #: True while the broker delivers to us (connected, and not paused).
+        self.consuming = False
+        #: Set when the first connection found another worker on this host's queue, or
+        #: queues the broker holds with other flags: the worker cannot start.
+        self.refused: HostQueueTaken | TopologyMismatch | None = None
+        #: Monotonic time the loop last went round (or rested): the watchdog reads it.
+        self.moved_at = time.monotonic()
         self._ever_consumed = False
+        self._ever_declared = False
         self._host_queue_name = ""
         self.received = 0
         #: Connections opened (the first one and every reconnect).
@@ -70,20 +82,37 @@ class Consumer:
         """Consume until stop(), reconnecting with backoff when the broker goes away."""
         try:
             reconnecting(self._nodes.open, self._serve, name="consumer",
-                         stopping=self._stop.is_set)
+                         stopping=self._stop.is_set, sleep=self._rest)
         finally:
             self._waker.close()
+
+    def _rest(self, seconds: float) -> None:
+        """Sleep between reconnects: cut short by stop(), and still a moving loop."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            self.moved_at = time.monotonic()
+            left = deadline - self.moved_at
+            if left <= 0:
+                return
+            self._stop.wait(min(left, 0.5))
 
     def _serve(self, conn: Any) -> None:
         wire = wire_for(conn, self._waker, fast_path=self.cfg.rabbit.fast_path)
         channel = conn.channel()
         channel.basic_qos(0, self.cfg.rabbit.prefetch_count, False)
-        for extra in declared_only(self.cfg):
-            extra(channel).declare()
         queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
         self._host_queue_name = queues[0].name
-        for q in queues:
-            q.declare()
+        try:
+            declare([extra(channel) for extra in declared_only(self.cfg)] + queues)
+        except TopologyMismatch as exc:
+            self._mismatched(exc)
+            return
+        self._ever_declared = True
+        if self._mismatch is not None:
+            self._mismatch = None
+            log.info("broker_queues_match_again")
+            if self._on_mismatch is not None:
+                self._on_mismatch(None)
         # on_message gets the raw message: we decode it ourselves, so an
         # undecodable body is answered and rejected, not silently dropped.
         consumer = KombuConsumer(channel, queues, on_message=self._received, no_ack=False)
@@ -99,7 +128,23 @@ class Consumer:
         try:
             self._loop(wire, consumer, consuming)
         finally:
+            self.consuming = False
             self.connected.clear()
+
+    def _mismatched(self, exc: TopologyMismatch) -> None:
+        """A queue clashes with the broker's: fatal at start; later, disabled until it matches."""
+        if not self._ever_declared:
+            self.refused = exc
+            self._stop.set()
+            return
+        if self._mismatch is None or self._mismatch.message != exc.message:
+            log.error("broker_queue_mismatch", reason=exc.message,
+                      recheck_s=MISMATCH_RECHECK)
+            if self._on_mismatch is not None:
+                self._on_mismatch(exc)
+        self._mismatch = exc
+        # No reconnect a second: asking again cannot help until someone acts.
+        self._rest(MISMATCH_RECHECK)
 
     def _consume(self, consumer: KombuConsumer) -> None:
         """Start consuming; HostQueueTaken when another worker holds this host's queue."""
@@ -120,10 +165,12 @@ class Consumer:
                 log.warning("host_queue_taken_retrying", reason=str(exc)[:200])
             raise taken from None
         self._ever_consumed = True
+        self.consuming = True
         log.info("consuming")
 
     def _loop(self, wire: Wire, consumer: KombuConsumer, consuming: bool) -> None:
         while not self._stop.is_set():
+            self.moved_at = time.monotonic()
             wanted = not self._paused.is_set()
             if wanted != consuming:
                 wire.release()  # py-amqp reads the consume-ok/cancel-ok itself
@@ -131,6 +178,7 @@ class Consumer:
                     self._consume(consumer)
                 else:
                     consumer.cancel()
+                    self.consuming = False
                     log.warning("consuming_paused")
             consuming = wanted
             # Until the broker sends something or a verb thread has a settlement

@@ -26,17 +26,21 @@ from kombu import Connection
 from worker import logs
 from worker.amqp.confirms import Block, Item, Unconfirmed, complete
 from worker.amqp.connection import Nodes, node_urls, open_node
+from worker.amqp.declare import MISMATCH_RECHECK, declare
 from worker.amqp.topology import control_exchange, notification_queues
 from worker.amqp.waker import Waker
 from worker.amqp.wire import Publish, Wire, wire_for
 from worker.codec import envelope, signing
 from worker.config import Config
+from worker.errors import TopologyMismatch
 from worker.messages import Held, Outgoing
 from worker.retry import reconnecting
 
 log = logs.get(__name__)
 #: Told the broker's reason when it blocks publishing, None when it unblocks.
 OnBlocked = Callable[[str | None], None]
+#: Told what clashes with the broker's exchange or queues (None once they match again).
+OnMismatch = Callable[[TopologyMismatch | None], None]
 # Publish at most this many before reading acks, so acks never pile up unread.
 BATCH = 256
 # While messages are being held (a verb ran in the last RECENT seconds), the
@@ -66,9 +70,20 @@ class Publisher:
     """Publishes with pipelined confirms on its own connection and thread."""
 
     def __init__(self, cfg: Config, signing_key: bytes | None = None,
-                 on_blocked: OnBlocked | None = None) -> None:
-        """on_blocked is called on the publishing thread and must not block."""
+                 on_blocked: OnBlocked | None = None,
+                 on_mismatch: OnMismatch | None = None) -> None:
+        """on_blocked and on_mismatch are called on the publishing thread and must not block."""
         self.cfg = cfg
+        self._on_mismatch = on_mismatch
+        self._mismatch: TopologyMismatch | None = None
+        self._ever_declared = False
+        self._recheck_at = 0.0
+        #: Set when the first connection found our exchange or event queues on the broker
+        #: with other flags: the worker cannot start.
+        self.refused: TopologyMismatch | None = None
+        #: Monotonic time the loop last went round (or rested): the watchdog reads it.
+        self.moved_at = time.monotonic()
+        self._stop_event = threading.Event()
         self._key = signing_key
         self._on_blocked = on_blocked
         self._block = Block()
@@ -165,6 +180,7 @@ class Publisher:
         """Publish what is queued (within timeout), then close."""
         with self._lock:
             self._stopping = True
+        self._stop_event.set()
         self._waker.wake()
         self._thread.join(timeout)
 
@@ -172,10 +188,23 @@ class Publisher:
 
     def _run(self) -> None:
         try:
+            # Stopping while the broker is away, what is queued is given up: the
+            # messages it answers are not acked, so they come back to the next worker.
             reconnecting(self._nodes.open, self._serve, name="publisher",
-                         stopping=lambda: self._stopping and not self._queue and not self._held)
+                         stopping=lambda: self._stopping or self.refused is not None,
+                         sleep=self._rest)
         finally:
             self._waker.close()
+
+    def _rest(self, seconds: float) -> None:
+        """Sleep between reconnects: cut short by stop(), and still a moving loop."""
+        deadline = time.monotonic() + seconds
+        while not self._stop_event.is_set():
+            self.moved_at = time.monotonic()
+            left = deadline - self.moved_at
+            if left <= 0:
+                return
+            self._stop_event.wait(min(left, 0.5))
 
     def _connect(self, url: str) -> Connection:
         return open_node(self.cfg, url, on_blocked=self._blocked, on_unblocked=self._unblocked)
@@ -203,10 +232,9 @@ class Publisher:
         # the broker blocks this one only when it publishes under an alarm.
         self._unblocked()
         wire = wire_for(conn, self._waker, fast_path=self.cfg.rabbit.fast_path)
-        channel = conn.channel()
-        control_exchange(self.cfg)(channel).declare()
-        for queue in notification_queues(self.cfg):
-            queue(channel).declare()
+        channel = self._declared(conn)
+        if channel is None:
+            return
         unconfirmed = Unconfirmed(self._tally)
         publish = wire.publishing(
             channel, lambda tag, multiple, nacked: unconfirmed.settle(
@@ -235,6 +263,38 @@ class Publisher:
                 self._events_prefix):
             priority = out.routing_key[len(self._events_prefix):]
             self.events[priority] = self.events.get(priority, 0) + 1
+
+    def _declared(self, conn: Connection) -> Any:
+        """A channel with our exchange and event queues declared; None when the worker
+        cannot start because the broker holds them with other flags.
+
+        Later (after a reconnect) a clash is reported, and the channel serves without
+        declaring: the exchange is there, so the service.update that says the host is
+        disabled, and why, still goes out.
+        """
+        channel = conn.channel()
+        try:
+            declare([control_exchange(self.cfg)(channel)]
+                    + [queue(channel) for queue in notification_queues(self.cfg)])
+        except TopologyMismatch as exc:
+            if not self._ever_declared:
+                self.refused = exc
+                return None
+            if self._mismatch is None or self._mismatch.message != exc.message:
+                log.error("broker_topology_mismatch", reason=exc.message,
+                          recheck_s=MISMATCH_RECHECK)
+                self._mismatch = exc
+                if self._on_mismatch is not None:
+                    self._on_mismatch(exc)
+            self._recheck_at = time.monotonic() + MISMATCH_RECHECK
+            return conn.channel()  # the refusal closed the first one
+        self._ever_declared = True
+        if self._mismatch is not None:
+            self._mismatch = None
+            log.info("broker_topology_matches_again")
+            if self._on_mismatch is not None:
+                self._on_mismatch(None)
+        return channel
 
     def _headers(self, out: Outgoing) -> dict[str, Any] | None:
         if self._key is None:
@@ -266,6 +326,7 @@ class Publisher:
 
     def _pump(self, wire: Wire, publish: Publish, unconfirmed: Unconfirmed | None) -> None:
         while True:
+            self.moved_at = time.monotonic()
             batch = self._take()
             if batch:
                 if unconfirmed is not None:
@@ -290,9 +351,11 @@ class Publisher:
                 wire.pump()  # acks that came back while we were writing
             with self._lock:
                 idle = not self._queue
-                if (idle and self._stopping and not self._held
-                        and not (unconfirmed and unconfirmed.items)):
+                settled = idle and not self._held and not (unconfirmed and unconfirmed.items)
+                if settled and self._stopping:
                     return
+                if settled and self._mismatch is not None and time.monotonic() >= self._recheck_at:
+                    return  # a fresh connection declares again: does the broker match now?
                 # Blocked: nothing to write, so wait for the broker (its unblock) too.
                 wait = self._idle_wait() if idle or self._block.reason is not None else 0.0
                 self._sleeping_until = time.monotonic() + wait if wait > 0 else 0.0

@@ -91,12 +91,18 @@ def _config(ns: argparse.Namespace) -> Config:
 def _run(cfg: Config, grace: float) -> int:
     from worker.service import Service
 
-    service = Service(cfg)
+    # Before anything that may wait: a stop signal ends the worker in every state,
+    # also while start() is still waiting for the broker.
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    service.start()
-    while not stop.wait(1.0):
+    service = Service(cfg)
+    service.start(cancel=stop)
+    while not stop.wait(0.2):
+        refused = service.refused
+        if refused is not None:  # found on a first connection made after start() returned
+            service.abandon()
+            raise refused
         if service.stopped.is_set():
             return 1
     service.stop(grace)

@@ -1,1 +1,1 @@
-"""Operations: what an operator watches the worker by (Prometheus metrics)."""
+"""Operating the worker: what it tells its supervisor (systemd) and its watchers (metrics)."""
