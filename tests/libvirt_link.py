@@ -9,10 +9,11 @@ fires), without touching the daemon every other test uses.
 from __future__ import annotations
 
 import contextlib
-import select
 import socket
 import threading
 from pathlib import Path
+
+from tests.unix_forward import pump
 
 #: The system libvirtd's read-write socket.
 DAEMON_SOCKET = "/var/run/libvirt/libvirt-sock"
@@ -84,16 +85,6 @@ class LibvirtLink:
             self.accepted += 1
             with self._lock:
                 self._links.append((client, upstream))
-            threading.Thread(target=self._relay, args=(client, upstream),
+            threading.Thread(target=pump, args=(client, upstream, self._stop),
                              name="libvirt-link-relay", daemon=True).start()
 
-    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
-        other = {client: upstream, upstream: client}
-        with contextlib.suppress(OSError), client, upstream:
-            while not self._stop.is_set():
-                ready, _, _ = select.select([client, upstream], [], [], 0.2)
-                for sock in ready:
-                    data = sock.recv(1 << 16)
-                    if not data:
-                        return
-                    other[sock].sendall(data)

@@ -50,18 +50,21 @@ class UnixForward:
                 client.close()
                 upstream.close()
                 continue
-            thread = threading.Thread(target=self._relay, args=(client, upstream),
+            thread = threading.Thread(target=pump, args=(client, upstream, self._stop),
                                       name="forward-link", daemon=True)
             self._threads.append(thread)
             thread.start()
 
-    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
-        other = {client: upstream, upstream: client}
-        with contextlib.suppress(OSError), client, upstream:
-            while not self._stop.is_set():
-                ready, _, _ = select.select([client, upstream], [], [], 0.2)
-                for sock in ready:
-                    data = sock.recv(1 << 16)
-                    if not data:
-                        return
-                    other[sock].sendall(data)
+
+def pump(client: socket.socket, upstream: socket.socket, stop: threading.Event) -> None:
+    """Copy bytes both ways between two connected sockets until either ends or stop is set;
+    both are closed then."""
+    other = {client: upstream, upstream: client}
+    with contextlib.suppress(OSError), client, upstream:
+        while not stop.is_set():
+            ready, _, _ = select.select([client, upstream], [], [], 0.2)
+            for sock in ready:
+                data = sock.recv(1 << 16)
+                if not data:
+                    return
+                other[sock].sendall(data)
