@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worker import logs
+from worker.broker_urls import node_urls
 from worker.errors import ConfigError
 
 # The option dataclasses live in worker.options; re-exported so ``from worker.config import
@@ -53,6 +54,9 @@ __all__ = [
 log = logs.get(__name__)
 
 ENV_PREFIX = "COMPUTE_WORKER_"
+#: Options of ours renamed to oslo's: a file that still has the old name is told the new one.
+RENAMED = {"queue_type": "rabbit_quorum_queue",
+           "quorum_delivery_limit": "rabbit_quorum_delivery_limit"}
 #: Sections where any option may stand, as every option could before sections.
 FLAT_SECTIONS = ("DEFAULT", "compute_worker")
 
@@ -139,6 +143,8 @@ class Unknown:
     @property
     def hint(self) -> str | None:
         """The known name closest to a misspelt one, if one is close."""
+        if self.option in RENAMED:
+            return RENAMED[self.option]
         known = list(FIELDS) if self.option is not None else [*SECTIONS, *FLAT_SECTIONS]
         close = difflib.get_close_matches(self.option or self.section, known, n=1, cutoff=0.8)
         return close[0] if close else None
@@ -270,9 +276,6 @@ def warn_unknown(found: Sequence[Unknown]) -> None:
 def _check(config: Config) -> None:
     """The rules between options."""
     rabbit, worker = config.rabbit, config.worker
-    if rabbit.queue_type == "quorum" and not rabbit.amqp_durable_queues:
-        raise ConfigError("option queue_type: quorum queues are durable; "
-                          "set amqp_durable_queues (--durable-queues) too")
     if worker.require_signature and not worker.signing_key_file:
         raise ConfigError("option require_signature: needs signing_key_file")
     if worker.signature_max_age >= worker.journal_max_age:
@@ -304,7 +307,10 @@ def _check(config: Config) -> None:
 
 def _check_transport_url(transport_url: str) -> None:
     """Each node is a URL kombu can take apart; the error never shows the value."""
-    nodes = [url.strip() for url in transport_url.split(";") if url.strip()]
+    try:
+        nodes = node_urls(transport_url)
+    except ValueError:  # a port that is not a number: said below, node by node
+        nodes = [url.strip() for url in transport_url.split(";") if url.strip()]
     if not nodes:
         raise ConfigError("option transport_url: no broker URL")
     for number, url in enumerate(nodes, 1):
@@ -320,7 +326,14 @@ def _check_transport_url(transport_url: str) -> None:
                               ) from None
         if not parts.scheme:
             raise ConfigError(f"option transport_url: node {number} has no scheme "
-                              "(amqp://, amqps:// or memory://)")
+                              "(rabbit://, amqp://, amqps:// or memory://)")
+    # oslo only warns, then logs in as guest on the hosts without: a login refused there
+    # would look like a node that is down.
+    bare = [number for number, url in enumerate(nodes, 1)
+            if "@" not in urllib.parse.urlsplit(url).netloc]
+    if bare and len(bare) < len(nodes) and not transport_url.startswith("memory://"):
+        raise ConfigError(f"option transport_url: node {bare[0]} has no user:password@ but "
+                          "others have: give every host its own (u:p@h1:p1,u:p@h2:p2)")
 
 
 _HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -98,12 +98,31 @@ class RabbitOptions:
     amqp_durable_queues: bool = _opt(
         False, "durable exchange and queues, persistent messages (oslo's option)"
     )
-    queue_type: str = _opt(
-        "classic", "host queue type; quorum needs amqp_durable_queues",
-        choices=("classic", "quorum"),
+    # oslo's names and defaults: nova's services declare the same event queues (and nova-compute
+    # the same host queue), and RabbitMQ refuses a second declaration with other arguments.
+    rabbit_quorum_queue: bool = _opt(
+        False, "quorum queues (replicated, x-queue-type quorum) for the host, compute-alt, shared "
+        "and event queues; makes them and the exchange durable whatever amqp_durable_queues says "
+        "(oslo's option)"
     )
-    quorum_delivery_limit: int = _opt(
-        20, "quorum queues: deliveries before a message is dead-lettered", minimum=1
+    rabbit_quorum_delivery_limit: int = _opt(
+        0, "quorum queues: deliveries of a message before it is dropped or dead-lettered "
+        "(x-delivery-limit; 0: no limit, as oslo)", minimum=0
+    )
+    rabbit_quorum_max_memory_length: int = _opt(
+        0, "quorum queues: messages kept in memory (x-max-in-memory-length; 0: no limit; "
+        "RabbitMQ 3.x only)", minimum=0
+    )
+    rabbit_quorum_max_memory_bytes: int = _opt(
+        0, "quorum queues: bytes kept in memory (x-max-in-memory-bytes; 0: no limit; "
+        "RabbitMQ 3.x only)", minimum=0
+    )
+    rabbit_transient_queues_ttl: int = _opt(
+        1800, "seconds an unused fanout queue lives (x-expires; 0: forever, as oslo)", minimum=0
+    )
+    enable_cancel_on_failover: bool = _opt(
+        False, "ask the broker to cancel our consumers when a mirrored queue fails over "
+        "(x-cancel-on-ha-failover); the worker then declares and consumes again"
     )
     dead_letter_exchange: str = _opt(
         "", "exchange that rejected messages go to (and a queue of that name keeps them)"

@@ -216,7 +216,7 @@ def test_check_tries_every_broker_node_and_names_the_one_that_answers(cfg: Confi
 @pytest.mark.parametrize("args, message", [
     (["run", "--max-concurrent-ops", "0"], "max_concurrent_ops"),
     (["run", "--heartbeat", "soon"], "heartbeat"),
-    (["run", "--queue-type", "quorum"], "quorum queues are durable"),
+    (["run", "--rabbit-quorum-delivery-limit", "-1"], "rabbit_quorum_delivery_limit"),
     (["run", "--config", "/nonexistent.conf"], "/nonexistent.conf"),
 ])
 def test_bad_options_exit_2_with_one_line(args: list[str], message: str) -> None:

@@ -36,7 +36,8 @@ def _cast(cfg: Config, method: str, args: dict[str, object],
 def durable_cfg(make_config: Callable[..., Config]) -> Iterator[Config]:
     """Durable exchange, quorum host queue and a dead-letter exchange; all deleted afterwards."""
     tag = uuid.uuid4().hex[:8]
-    cfg = make_config(amqp_durable_queues=True, queue_type="quorum",
+    cfg = make_config(amqp_durable_queues=True, rabbit_quorum_queue=True,
+                      rabbit_quorum_delivery_limit=20,
                       dead_letter_exchange=f"dlx_{tag}")
     yield cfg
     with Connection(cfg.transport_url) as conn:

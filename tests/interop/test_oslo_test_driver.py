@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import oslo_messaging
@@ -203,6 +206,46 @@ def test_durable_deployment_matches_oslo_flags(
         info = client.call(new_ctxt(), "get_instance_info", instance={"uuid": uid})
     assert "paused" == info["power_state"]
     assert ["instance.pause.start", "instance.pause.end"] == recorder.types(uid)
+
+
+def _queue_arguments(name: str) -> dict[str, Any]:
+    """The x-arguments RabbitMQ holds for a queue of the system broker."""
+    done = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "arguments",
+                           "--formatter", "json"], capture_output=True, text=True, timeout=60,
+                          check=True)
+    rows = {row["name"]: row["arguments"] for row in json.loads(done.stdout or "[]")}
+    assert name in rows, f"no queue {name}"
+    # rabbitmqctl renders an argument table as {name: value} or as [[name, type, value]].
+    found = rows[name]
+    return dict(found) if isinstance(found, dict) else {row[0]: row[-1] for row in found}
+
+
+def test_quorum_deployment_matches_oslo_flags(
+        start_worker: Callable[..., Service], make_config: Callable[..., Config],
+        domains: Callable[[int], list[str]]) -> None:
+    """rabbit_quorum_queue and a delivery limit on both sides: the worker takes over the host
+    queue nova-compute's oslo server declared, and shares the exchange and the event queues
+    with oslo's notification listener, all without a 406; the queues are quorum ones."""
+    (uid,) = domains(1)
+    rabbit = {"rabbit_quorum_queue": True, "rabbit_quorum_delivery_limit": 5}
+    quorum = make_config(**rabbit)
+    recorder = Recorder()
+    with notification_listener(quorum, recorder, **rabbit), \
+            rpc_transport(quorum, **rabbit) as transport:
+        # nova-compute on this host before: its server declared compute.<host> as oslo does.
+        server = oslo_messaging.get_rpc_server(
+            transport, oslo_messaging.Target(topic=quorum.topic, server=quorum.host), [])
+        server.start()
+        server.stop()
+        server.wait()
+        start_worker(quorum)
+        client = rpc_client(transport, quorum)
+        client.cast(new_ctxt(), "pause_instance", instance={"uuid": uid})
+        recorder.wait_type(uid, "instance.pause.end")
+    assert ["instance.pause.start", "instance.pause.end"] == recorder.types(uid)
+    expected = {"x-queue-type": "quorum", "x-delivery-limit": 5}
+    assert expected == _queue_arguments(f"{quorum.topic}.{quorum.host}")
+    assert expected == _queue_arguments(f"{quorum.notifications.notification_topic}.info")
 
 
 def test_fanout_cast_reaches_the_worker(

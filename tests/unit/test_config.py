@@ -385,7 +385,8 @@ def test_the_example_config_leaves_host_to_the_hostname() -> None:
 
 @pytest.mark.parametrize("url", ["amqp://nova:s3c/ret@rabbit:5672//",
                                  "amqp://g:g@a:1//;amqp://nova:s3c/ret@rabbit:5672//",
-                                 "amqp://nova:s3cret@rabbit:99999//"])
+                                 "amqp://nova:s3cret@rabbit:99999//",
+                                 "rabbit://nova:s3c/ret@h1:5672,nova:s3c/ret@h2:5672/"])
 def test_a_transport_url_kombu_cannot_read_is_refused_without_showing_it(url: str) -> None:
     """A bare "/" in the password made kombu fail on the "port" s3c, printing it: refused here."""
     with pytest.raises(ConfigError) as caught:
@@ -399,3 +400,19 @@ def test_a_transport_url_without_a_scheme_is_refused() -> None:
     """A host name alone is not a broker URL."""
     with pytest.raises(ConfigError, match="has no scheme"):
         config.load(overrides={"transport_url": "rabbit"}, environ={})
+
+
+def test_an_oslo_url_with_credentials_on_some_hosts_only_is_refused() -> None:
+    """oslo warns and logs in as guest on the bare hosts (refused: it looks like a node down)."""
+    with pytest.raises(ConfigError, match="node 2 has no user:password@ but others have"):
+        config.load(overrides={"transport_url": "rabbit://nova:pw@h1,h2:5672,nova:pw@h3/"},
+                    environ={})
+
+    cfg = config.load(overrides={"transport_url": "rabbit://nova:pw@h1,nova:pw@h2/"}, environ={})
+    assert "rabbit://nova:pw@h1,nova:pw@h2/" == cfg.transport_url
+
+
+def test_an_old_quorum_option_is_told_its_oslo_name() -> None:
+    """queue_type and quorum_delivery_limit became oslo's rabbit_quorum_*: the warning says so."""
+    old = config.Unknown("/etc/compute-worker/worker.conf", "oslo_messaging_rabbit", "queue_type")
+    assert old.text.endswith("(did you mean rabbit_quorum_queue?)")

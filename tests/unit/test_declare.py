@@ -22,8 +22,8 @@ EXCHANGE = ("PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'nova' i
               "(rabbitmqctl delete_queue versioned_notifications.info -p /) or set "
               "amqp_durable_queues so that durable is true"),
     (QUORUM, "queue 'compute.h1' on the broker has x-queue-type quorum but this worker declares "
-             "x-queue-type unset (option queue_type): delete the queue (rabbitmqctl "
-             "delete_queue compute.h1 -p /) or set queue_type so that x-queue-type is quorum"),
+             "x-queue-type unset (option rabbit_quorum_queue): delete the queue (rabbitmqctl "
+             "delete_queue compute.h1 -p /) or set rabbit_quorum_queue = true"),
     (EXCHANGE, "exchange 'nova' on the broker has type fanout but this worker declares type "
                "topic: delete the exchange (rabbitmqadmin delete exchange name=nova) or stop "
                "whatever declared it with type fanout"),

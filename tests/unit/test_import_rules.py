@@ -55,10 +55,11 @@ RULES = (
 NETLINK_HOME = "worker/virt/netdev.py"
 #: Only the operations package speaks Prometheus: the rest reports through the service.
 METRICS_HOME = "worker/ops/"
-GROUND = ("worker/config.py", "worker/errors.py", "worker/logs.py", "worker/messages.py",
-          "worker/options.py", "worker/retry.py")
+GROUND = ("worker/broker_urls.py", "worker/config.py", "worker/errors.py", "worker/logs.py",
+          "worker/messages.py", "worker/options.py", "worker/retry.py")
 # The ground imports nothing of ours above it; messages.py nothing of ours at all.
-GROUND_MAY = ("worker.config", "worker.errors", "worker.logs", "worker.messages", "worker.options")
+GROUND_MAY = ("worker.broker_urls", "worker.config", "worker.errors", "worker.logs",
+              "worker.messages", "worker.options")
 
 
 def _modules() -> list[Path]:

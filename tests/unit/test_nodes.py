@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 from structlog.testing import capture_logs
 
-from worker.amqp.connection import Nodes, masked, node_urls
+from worker.amqp.connection import Nodes, first_node, masked, node_urls
 from worker.retry import reconnecting
 
 URLS = ["amqp://guest:guest@a:5672//", "amqp://guest:guest@b:5672//",
@@ -114,3 +114,35 @@ def test_masked_takes_any_password_whole_and_never_raises(url: str) -> None:
 
     assert "s3c" not in shown and "ret@" not in shown
     assert shown.startswith("amqp://u:***@h")
+
+
+@pytest.mark.parametrize("written, nodes", [
+    ("rabbit://nova:pw@h1:5672,nova:pw@h2:5673,nova:pw@h3/vh",
+     ["amqp://nova:pw@h1:5672/vh", "amqp://nova:pw@h2:5673/vh", "amqp://nova:pw@h3:5672/vh"]),
+    ("rabbit://guest:guest@localhost:5672/", ["amqp://guest:guest@localhost:5672/"]),
+    ("amqps://u:p@[fe80::1%25eth0]:5671,u:p@[::1]/",
+     ["amqps://u:p@[fe80::1%25eth0]:5671/", "amqps://u:p@[::1]:5672/"]),
+    ("rabbit://u:p%2Fx@a:1,u:p%2Fx@b:2//?heartbeat=5",
+     ["amqp://u:p%2Fx@a:1//?heartbeat=5", "amqp://u:p%2Fx@b:2//?heartbeat=5"]),
+    ("amqp://a//;rabbit://u:p@b,u:p@c/", ["amqp://a//", "amqp://u:p@b:5672/",
+                                         "amqp://u:p@c:5672/"]),
+], ids=["oslo-three-hosts", "oslo-one-host", "ipv6", "encoded-password-and-query", "mixed"])
+def test_oslo_form_is_one_kombu_url_per_host(written: str, nodes: list[str]) -> None:
+    """oslo's ``rabbit://u:p@h1,u:p@h2/vhost``: each host its own amqp:// node, as oslo's driver
+    builds them (5672 where no port is written), the vhost and the query kept on each."""
+    assert nodes == node_urls(written)
+
+
+def test_a_fleet_on_the_oslo_form_spreads_over_the_nodes_and_a_host_keeps_its_order() -> None:
+    """oslo shuffles its hosts per process; ours starts each host's round at a place by its name,
+    the publisher one node on from the consumer, and the same place at every start."""
+    url = "rabbit://u:p@a:1,u:p@b:2,u:p@c:3/"
+    consumers = [first_node(url, f"cn-{index}") for index in range(300)]
+    assert {0: 100, 1: 100, 2: 100} == {k: pytest.approx(consumers.count(k), abs=25)
+                                        for k in range(3)}
+    assert all((first_node(url, f"cn-{i}", role=1) - first_node(url, f"cn-{i}")) % 3 == 1
+               for i in range(300))
+    assert first_node(url, "cn-7") == first_node(url, "cn-7")
+    # kombu's ";" list is tried in the order written, as kombu does.
+    assert {0} == {first_node(";".join(URLS), f"cn-{index}", role) for index in range(50)
+                   for role in (0, 1)}

@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar
 from kombu import Connection
 
 from worker import logs
+from worker.broker_urls import first_node, node_urls, spreads
 from worker.config import Config
 
 log = logs.get(__name__)
@@ -17,11 +18,8 @@ log = logs.get(__name__)
 Blocked = Callable[[str], None]
 Unblocked = Callable[[], None]
 T = TypeVar("T")
-
-
-def node_urls(transport_url: str) -> list[str]:
-    """The broker nodes of a transport URL: oslo's and kombu's ``url1;url2;...``."""
-    return [url.strip() for url in transport_url.split(";") if url.strip()]
+__all__ = ["Nodes", "connection_for", "first_node", "masked", "node_urls", "open_node",
+           "spreads"]
 
 
 def masked(url: str) -> str:
@@ -46,7 +44,7 @@ def connection_for(cfg: Config, *, url: str | None = None, confirm: bool = False
     hands transport_options to ``amqp.Connection(...)`` as they are. They run
     on whichever thread reads the connection's frames.
     """
-    url = cfg.transport_url if url is None else url
+    url = ";".join(node_urls(cfg.transport_url)) if url is None else url
     options: dict[str, Any] = {"confirm_publish": confirm}
     if on_blocked is not None:
         options["on_blocked"] = on_blocked
@@ -87,14 +85,16 @@ class Nodes(Generic[T]):
     fails over on its own.
     """
 
-    def __init__(self, urls: list[str], connect: Callable[[str], T], *, name: str) -> None:
-        """connect(url) opens one node or raises; name prefixes the log events."""
+    def __init__(self, urls: list[str], connect: Callable[[str], T], *, name: str,
+                 start: int = 0) -> None:
+        """connect(url) opens one node or raises; name prefixes the log events; the first
+        round starts at urls[start] (first_node() says where)."""
         if not urls:
             raise ValueError("no broker URL")
         self.urls = urls
         self._connect = connect
         self._name = name
-        self._start = 0
+        self._start = start % len(urls)
         #: The node of the last open() that worked, its password masked ("" before any).
         self.current = ""
 

@@ -14,7 +14,7 @@ from kombu import Consumer as KombuConsumer
 from kombu import Message
 
 from worker import logs
-from worker.amqp.connection import Nodes, node_urls, open_node
+from worker.amqp.connection import Nodes, first_node, node_urls, open_node
 from worker.amqp.declare import MISMATCH_RECHECK, declare
 from worker.amqp.topology import declared_only, rpc_queues
 from worker.amqp.waker import Waker
@@ -46,7 +46,7 @@ class Consumer:
         self._consumer: KombuConsumer | None = None
         self._waker = Waker()
         self._nodes = Nodes(node_urls(cfg.transport_url), lambda url: open_node(cfg, url),
-                            name="consumer")
+                            name="consumer", start=first_node(cfg.transport_url, cfg.host))
         self.fanout_unique = uuid.uuid4().hex
         self.connected = threading.Event()
         #: True while the broker delivers to us (connected, and not paused).

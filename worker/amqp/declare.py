@@ -25,8 +25,11 @@ MISMATCH_RECHECK = 30.0
 #: The argument RabbitMQ names -> the option of ours that sets it.
 OPTIONS = {
     "durable": "amqp_durable_queues",
-    "x-queue-type": "queue_type",
-    "x-delivery-limit": "quorum_delivery_limit",
+    "x-queue-type": "rabbit_quorum_queue",
+    "x-delivery-limit": "rabbit_quorum_delivery_limit",
+    "x-max-in-memory-length": "rabbit_quorum_max_memory_length",
+    "x-max-in-memory-bytes": "rabbit_quorum_max_memory_bytes",
+    "x-expires": "rabbit_transient_queues_ttl",
     "x-dead-letter-exchange": "dead_letter_exchange",
 }
 
@@ -53,8 +56,12 @@ def explain(exc: PreconditionFailed) -> TopologyMismatch:
         delete = f"delete the queue (rabbitmqctl delete_queue {name} -p {found['vhost']})"
     else:
         delete = f"delete the exchange (rabbitmqadmin delete exchange name={name})"
-    match = (f" or set {option} so that {arg} is {theirs}" if option
-             else f" or stop whatever declared it with {arg} {theirs}")
+    if arg == "x-queue-type" and theirs in ("quorum", "classic", "unset"):
+        match = f" or set {option} = {'true' if theirs == 'quorum' else 'false'}"
+    elif option:
+        match = f" or set {option} so that {arg} is {theirs}"
+    else:
+        match = f" or stop whatever declared it with {arg} {theirs}"
     return TopologyMismatch(
         f"{kind} {name!r} on the broker has {arg} {theirs} but this worker declares "
         f"{arg} {ours}" + (f" (option {option})" if option else "") + f": {delete}{match}")

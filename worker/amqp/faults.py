@@ -34,8 +34,9 @@ def diagnose(exc: BaseException, shown_url: str) -> tuple[str, str]:
             return problem, (f"set amqp_durable_queues = {found['theirs']} in "
                              f"[oslo_messaging_rabbit] as the deployment has it (or pass {flag}), "
                              f"or, when nothing uses it, delete the {kind} ({delete})")
-        return problem, (f"match the option that sets {arg} (queue_type, dead_letter_exchange, "
-                         f"quorum_delivery_limit), or delete the {kind} ({delete})")
+        return problem, (f"match the option that sets {arg} (rabbit_quorum_queue, "
+                         "rabbit_quorum_delivery_limit, dead_letter_exchange), "
+                         f"or delete the {kind} ({delete})")
     if isinstance(exc, amqp.exceptions.AccessRefused) or "ACCESS_REFUSED" in text:
         return (f"the broker at {shown_url} refused the login ({text[:200]})",
                 "check the user and password in transport_url "

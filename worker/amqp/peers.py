@@ -17,6 +17,7 @@ import kombu.exceptions
 from worker import logs
 from worker.amqp.client import CallTimeout, RemoteError, RpcClient
 from worker.amqp.connection import connection_for
+from worker.amqp.topology import durable
 from worker.config import Config
 from worker.errors import PeerError, PeerFailed, PeerTimeout
 
@@ -37,7 +38,7 @@ class AmqpPeers:
 
     def _client(self, conn: Any) -> RpcClient:
         return RpcClient(conn, exchange=self.cfg.control_exchange, topic=self._topic,
-                         durable=self.cfg.rabbit.amqp_durable_queues, signing_key=self._key)
+                         durable=durable(self.cfg), signing_key=self._key)
 
     def call(self, host: str, method: str, args: dict[str, Any], *, timeout: float,
              request_id: str | None = None) -> Any:

@@ -25,7 +25,7 @@ from kombu import Connection
 
 from worker import logs
 from worker.amqp.confirms import Block, Item, Unconfirmed, complete
-from worker.amqp.connection import Nodes, node_urls, open_node
+from worker.amqp.connection import Nodes, first_node, node_urls, open_node
 from worker.amqp.declare import MISMATCH_RECHECK, declare
 from worker.amqp.topology import control_exchange, notification_queues
 from worker.amqp.waker import Waker
@@ -90,7 +90,8 @@ class Publisher:
         self._queue: deque[Item] = deque()
         self._lock = threading.Lock()
         self._waker = Waker()
-        self._nodes = Nodes(node_urls(cfg.transport_url), self._connect, name="publisher")
+        self._nodes = Nodes(node_urls(cfg.transport_url), self._connect, name="publisher",
+                            start=first_node(cfg.transport_url, cfg.host, role=1))
         self._watches: dict[int, _Watch] = {}
         self._watch_ids = 0
         self._returned_calls: OrderedDict[str, None] = OrderedDict()

@@ -8,31 +8,55 @@ from kombu import Exchange, Queue
 
 from worker.config import Config
 
-# oslo's rabbit_transient_queues_ttl default: an abandoned fanout queue goes
-# away after 30 minutes without consumers.
-FANOUT_QUEUE_EXPIRES_MS = 1800 * 1000
 PRIORITIES = ("info", "error")
+
+
+def durable(cfg: Config) -> bool:
+    """Whether the exchange and the topic queues are durable: oslo's ``Connection.durable``.
+
+    Quorum queues are always durable, so oslo makes everything durable with them,
+    whatever amqp_durable_queues says; a worker that did not would 406 against
+    nova's services on the shared exchange and event queues.
+    """
+    return cfg.rabbit.amqp_durable_queues or cfg.rabbit.rabbit_quorum_queue
 
 
 def control_exchange(cfg: Config) -> Exchange:
     """The topic exchange RPC and events share (``nova`` by default)."""
     # RabbitMQ refuses a re-declare with other flags (406), so these must be
-    # exactly oslo's: durable only with amqp_durable_queues, never auto-delete.
-    return Exchange(cfg.control_exchange, type="topic", durable=cfg.rabbit.amqp_durable_queues,
-                    auto_delete=False)
+    # exactly oslo's: durable as durable() says, never auto-delete.
+    return Exchange(cfg.control_exchange, type="topic", durable=durable(cfg), auto_delete=False)
+
+
+def quorum_arguments(cfg: Config) -> dict[str, Any]:
+    """oslo's ``_get_queue_arguments`` for a topic queue: the quorum type and its limits."""
+    rabbit = cfg.rabbit
+    if not rabbit.rabbit_quorum_queue:
+        return {}
+    args: dict[str, Any] = {"x-queue-type": "quorum"}
+    # Set only when asked for, as oslo does: an argument oslo leaves out and we put
+    # in (or the other way round) is a 406 against nova's declaration of the queue.
+    for arg, value in (("x-delivery-limit", rabbit.rabbit_quorum_delivery_limit),
+                       ("x-max-in-memory-length", rabbit.rabbit_quorum_max_memory_length),
+                       ("x-max-in-memory-bytes", rabbit.rabbit_quorum_max_memory_bytes)):
+        if value:
+            args[arg] = value
+    return args
 
 
 def rpc_queue_arguments(cfg: Config) -> dict[str, Any]:
-    """x-arguments of the RPC queues: queue type and dead-lettering."""
+    """x-arguments of the RPC queues: oslo's quorum arguments, and our dead-lettering."""
     # A queue re-declared with other arguments is refused (406): changing
     # these on a live deployment means deleting the queue first.
-    args: dict[str, Any] = {}
-    if cfg.rabbit.queue_type == "quorum":
-        args["x-queue-type"] = "quorum"
-        args["x-delivery-limit"] = cfg.rabbit.quorum_delivery_limit
+    args = quorum_arguments(cfg)
     if cfg.rabbit.dead_letter_exchange:
         args["x-dead-letter-exchange"] = cfg.rabbit.dead_letter_exchange
     return args
+
+
+def consumer_arguments(cfg: Config) -> dict[str, Any] | None:
+    """basic.consume arguments of the RPC queues (oslo's enable_cancel_on_failover)."""
+    return {"x-cancel-on-ha-failover": True} if cfg.rabbit.enable_cancel_on_failover else None
 
 
 class ExclusiveQueue(Queue):  # type: ignore[misc]  # kombu is untyped here
@@ -55,8 +79,9 @@ def host_queue(cfg: Config) -> Queue:
     """
     name = f"{cfg.topic}.{cfg.host}"
     return ExclusiveQueue(name, control_exchange(cfg), routing_key=name,
-                          durable=cfg.rabbit.amqp_durable_queues, auto_delete=False,
-                          queue_arguments=rpc_queue_arguments(cfg) or None)
+                          durable=durable(cfg), auto_delete=False,
+                          queue_arguments=rpc_queue_arguments(cfg) or None,
+                          consumer_arguments=consumer_arguments(cfg))
 
 
 def alt_host_queue(cfg: Config) -> Queue:
@@ -67,15 +92,17 @@ def alt_host_queue(cfg: Config) -> Queue:
     """
     name = f"{cfg.topic}-alt.{cfg.host}"
     return ExclusiveQueue(name, control_exchange(cfg), routing_key=name,
-                          durable=cfg.rabbit.amqp_durable_queues, auto_delete=False,
-                          queue_arguments=rpc_queue_arguments(cfg) or None)
+                          durable=durable(cfg), auto_delete=False,
+                          queue_arguments=rpc_queue_arguments(cfg) or None,
+                          consumer_arguments=consumer_arguments(cfg))
 
 
 def shared_queue(cfg: Config) -> Queue:
     """``<topic>``: shared by every worker of the topic (off unless asked for)."""
     return Queue(cfg.topic, control_exchange(cfg), routing_key=cfg.topic,
-                 durable=cfg.rabbit.amqp_durable_queues, auto_delete=False,
-                 queue_arguments=rpc_queue_arguments(cfg) or None)
+                 durable=durable(cfg), auto_delete=False,
+                 queue_arguments=rpc_queue_arguments(cfg) or None,
+                 consumer_arguments=consumer_arguments(cfg))
 
 
 def dead_letter_queue(cfg: Config) -> Queue | None:
@@ -93,10 +120,18 @@ def fanout_exchange(cfg: Config) -> Exchange:
 
 
 def fanout_queue(cfg: Config, unique: str) -> Queue:
-    """``<topic>_fanout_<unique>``: this process's own copy of fanout casts."""
+    """``<topic>_fanout_<unique>``: this process's own copy of fanout casts.
+
+    Classic and transient whatever rabbit_quorum_queue says, as oslo's (a quorum
+    queue cannot be transient): its exchange is auto-delete and the queue goes
+    rabbit_transient_queues_ttl after its last consumer. On a cluster it lives on
+    one node; when that node goes, the consumer declares it again on another.
+    """
+    ttl = cfg.rabbit.rabbit_transient_queues_ttl
     return Queue(f"{cfg.topic}_fanout_{unique}", fanout_exchange(cfg), routing_key=cfg.topic,
                  durable=False, auto_delete=False,
-                 queue_arguments={"x-expires": FANOUT_QUEUE_EXPIRES_MS})
+                 queue_arguments={"x-expires": ttl * 1000} if ttl else None,
+                 consumer_arguments=consumer_arguments(cfg))
 
 
 def rpc_queues(cfg: Config, fanout_unique: str) -> list[Queue]:
@@ -114,11 +149,15 @@ def declared_only(cfg: Config) -> list[Queue]:
 
 
 def notification_queues(cfg: Config) -> list[Queue]:
-    """``<notification_topic>.<priority>``, declared so early events are kept (as oslo does)."""
+    """``<notification_topic>.<priority>``, declared so early events are kept (as oslo does).
+
+    With oslo's own arguments (its notifier declares them too): quorum ones
+    when rabbit_quorum_queue is on, never our dead-letter exchange.
+    """
     return [
         Queue(f"{cfg.notifications.notification_topic}.{p}", control_exchange(cfg),
               routing_key=f"{cfg.notifications.notification_topic}.{p}",
-              durable=cfg.rabbit.amqp_durable_queues,
-              auto_delete=False)
+              durable=durable(cfg), auto_delete=False,
+              queue_arguments=quorum_arguments(cfg) or None)
         for p in PRIORITIES
     ]

@@ -15,6 +15,7 @@ from worker.errors import ConfigError
 AddOptions = Callable[[argparse.ArgumentParser, Sequence[str]], None]
 #: The options a client command takes from the table (flags, variables, the INI file).
 CLIENT_OPTIONS = ("transport_url", "control_exchange", "topic", "amqp_durable_queues",
+                  "rabbit_quorum_queue",
                   "notification_topic", "ssl_ca_file", "signing_key_file")
 EXAMPLE_UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"
 
@@ -157,21 +158,22 @@ def _load_key(cfg: Config) -> bytes | None:
 def run(ns: argparse.Namespace, cfg: Config) -> int:
     """Run cast, call or events; the exit status."""
     from worker.amqp import client as amqp_client
+    from worker.amqp.topology import durable
 
     args = parse_args(ns.args, ns.arg_pairs) if ns.command != "events" else {}
     key = _load_key(cfg)  # a bad key file is an option error before anything is sent
     with amqp_client.session(cfg) as conn:
         if ns.command == "events":
             return _events(ns, cfg, amqp_client.EventTail(
-                conn, exchange=cfg.control_exchange, durable=cfg.rabbit.amqp_durable_queues,
+                conn, exchange=cfg.control_exchange, durable=durable(cfg),
                 topic=cfg.notifications.notification_topic))
         # Bound before the cast goes out, so none of its events can be missed.
         tail = (amqp_client.EventTail(conn, exchange=cfg.control_exchange,
                                       topic=cfg.notifications.notification_topic,
-                                      durable=cfg.rabbit.amqp_durable_queues)
+                                      durable=durable(cfg))
                 if ns.command == "cast" and ns.wait else None)
         rpc = amqp_client.RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic,
-                                    durable=cfg.rabbit.amqp_durable_queues, signing_key=key,
+                                    durable=durable(cfg), signing_key=key,
                                     mandatory=True)
         if ns.command == "call":
             try:

@@ -122,6 +122,7 @@ def _seed(rpc: Any, model: TopModel, hosts: Sequence[str], timeout: float) -> li
 def run(ns: argparse.Namespace, cfg: Config) -> int:
     """Show the view until q, Ctrl-C or --timeout; 0."""
     from worker.amqp import client as amqp_client
+    from worker.amqp.topology import durable
     from worker.codec.signing import load_key
 
     named = list(ns.hosts) or ([] if ns.fleet else [cfg.host])
@@ -134,9 +135,9 @@ def run(ns: argparse.Namespace, cfg: Config) -> int:
         # The tail is bound before the listings: no event between the two is lost.
         tail = amqp_client.EventTail(conn, exchange=cfg.control_exchange,
                                      topic=cfg.notifications.notification_topic,
-                                     durable=cfg.rabbit.amqp_durable_queues)
+                                     durable=durable(cfg))
         rpc = amqp_client.RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic,
-                                    durable=cfg.rabbit.amqp_durable_queues, signing_key=key,
+                                    durable=durable(cfg), signing_key=key,
                                     mandatory=True)
         notes = _seed(rpc, model, named, ns.list_timeout)
         deadline = None if ns.timeout is None else time.monotonic() + ns.timeout
