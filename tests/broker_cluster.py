@@ -21,9 +21,11 @@ from tests.brokers import PrivateBroker, pid_alive, wait_until
 class BrokerCluster:
     """size RabbitMQ nodes in one cluster."""
 
-    def __init__(self, size: int = 3, name: str = "cwcluster") -> None:
-        self.nodes = [PrivateBroker(f"{name}{index}", port=5690 + index,
-                                    dist_port=25690 + index) for index in range(size)]
+    def __init__(self, size: int = 3, name: str = "cwcluster", port: int = 5690) -> None:
+        """Nodes ``<name>0..`` on AMQP ports port, port+1, ... (distribution: 20000 above);
+        two clusters at once (a test and a bench) need names and ports apart."""
+        self.nodes = [PrivateBroker(f"{name}{index}", port=port + index,
+                                    dist_port=20000 + port + index) for index in range(size)]
 
     def __enter__(self) -> BrokerCluster:
         self.start()
