@@ -58,8 +58,12 @@ def _expanded(url: str) -> list[str]:
     nodes = []
     for host in (item for item in parts.netloc.split(",") if item):
         credentials, at, address = host.rpartition("@")
-        has_port = "]:" in address if address.startswith("[") else ":" in address
-        if not has_port:
-            address += f":{DEFAULT_PORT}"  # oslo's default, where kombu would pick its own
-        nodes.append(f"{scheme}://{credentials}{at}{address}{tail}")
+        # oslo's default port, where kombu would pick its own.
+        nodes.append(f"{scheme}://{credentials}{at}{with_port(address)}{tail}")
     return nodes
+
+
+def with_port(host: str) -> str:
+    """``host`` or ``[v6]`` with oslo's default port added when it has none."""
+    has_port = "]:" in host if host.startswith("[") else ":" in host
+    return host if has_port else f"{host}:{DEFAULT_PORT}"

@@ -125,7 +125,8 @@ class Service:
             reconnects=reconnects,
             events_published=lambda: dict(self.publisher.events),
             confirm_failures=lambda: self.publisher.confirm_failures,
-            power_states=lambda: self.watch.power_states())
+            power_states=lambda: self.watch.power_states(),
+            broker_nodes=self.broker_nodes)
 
     def _rest(self, seconds: float) -> None:
         self._stopping.wait(seconds)
@@ -353,11 +354,16 @@ class Service:
         self.exporter.stop()
         self.stopped.set()
 
+    def broker_nodes(self) -> dict[str, str]:
+        """The broker node (host:port) each connection is on now, "" for one that is down."""
+        return {"consume": self.consumer.node, "publish": self.publisher.node}
+
     def publish_service_status(self, *, up: bool, disabled_reason: str | None) -> None:
         """Emit service.update: up or down, and why the host is disabled if it is."""
         # nova's ServiceStatusPayload has no "up": a stopped worker says it is disabled.
         reason = disabled_reason if up else "compute-worker stopped"
-        self._publish(self.answers.service_status(disabled_reason=reason))
+        self._publish(self.answers.service_status(disabled_reason=reason,
+                                                  broker=self.broker_nodes()))
 
     def stop(self, grace: float = 30.0) -> None:
         """Stop taking messages, finish work in flight within grace, requeue the rest, close."""

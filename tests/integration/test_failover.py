@@ -14,6 +14,7 @@ from kombu import Connection
 from tests.brokers import PrivateBroker, free_port, wait_until
 from tests.taps import EventTap
 from worker.amqp.client import RpcClient
+from worker.amqp.connection import address
 from worker.config import Config
 from worker.service import Service
 
@@ -88,12 +89,17 @@ def test_a_worker_whose_node_stops_moves_to_the_next(
         with Connection(node.url) as conn:
             assert isinstance(RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic)
                               .call(cfg.host, "list_instances", {}, timeout=10), list)
+        private = f"127.0.0.1:{node.port}"
+        assert {"consume": private, "publish": private} == service.broker_nodes()
         node.stop_app()
         wait_until(lambda: {(event, _masked(broker_url)) for event in CONNECTED}
                    <= set(_nodes_of(info_logs)), 20, "both connections on the shared broker")
         with Connection(broker_url) as conn:
             assert isinstance(RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic)
                               .call(cfg.host, "list_instances", {}, timeout=10), list)
+        # What service.update and the compute_worker_broker_node metric report.
+        shared = address(broker_url)
+        assert {"consume": shared, "publish": shared} == service.broker_nodes()
     finally:
         service.stop(grace=5)
     for event in CONNECTED:  # each connection once on each node, in that order

@@ -31,6 +31,7 @@ class World:
         self.events = {"info": 5, "error": 1}
         self.failures = 4
         self.states = {"running": 2, "paused": 1, "made-up": 9}
+        self.nodes = {"consume": "10.0.0.1:5672", "publish": "10.0.0.2:5672"}
 
     def readings(self) -> Readings:
         return Readings(
@@ -38,7 +39,7 @@ class World:
             broker_connected=lambda: self.broker, verbs_in_flight=lambda: self.running,
             queue_depth=lambda: self.waiting, reconnects=lambda: self.reconnects,
             events_published=lambda: self.events, confirm_failures=lambda: self.failures,
-            power_states=lambda: self.states)
+            power_states=lambda: self.states, broker_nodes=lambda: self.nodes)
 
 
 @pytest.fixture
@@ -71,6 +72,20 @@ def test_readings_are_exported_under_the_issue_s_names(world: World, metrics: Me
     assert (5, 1) == (seen.get("compute_worker_events_published_total", priority="info"),
                       seen.get("compute_worker_events_published_total", priority="error"))
     assert 4 == seen.get("compute_worker_publish_confirm_failures_total")
+
+
+def test_each_connection_names_its_broker_node_and_a_down_one_none(world: World,
+                                                                  metrics: Metrics) -> None:
+    """compute_worker_broker_node{connection,node} is 1 for the node each connection is on;
+    a connection that is down has no series, and a name other than the two is not a label."""
+    assert 1 == _read(metrics).get("compute_worker_broker_node", connection="consume",
+                                   node="10.0.0.1:5672")
+    world.nodes = {"consume": "", "publish": "10.0.0.3:5672", "made-up": "10.0.0.9:5672"}
+
+    seen = _read(metrics)
+
+    assert {"publish"} == seen.labels("compute_worker_broker_node", "connection")
+    assert {"10.0.0.3:5672"} == seen.labels("compute_worker_broker_node", "node")
 
 
 def test_every_power_state_is_a_series_and_no_other(world: World, metrics: Metrics) -> None:

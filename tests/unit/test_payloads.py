@@ -11,6 +11,7 @@ import pytest
 
 from tests.nova_judge import judge, missing
 from worker.codec import notifications, payloads
+from worker.codec.payloads import EXTRA_KEY
 from worker.core import schemas
 from worker.errors import InstanceNotFound, InvalidArguments
 
@@ -83,11 +84,14 @@ def test_instance_update_and_service_status_are_what_nova_accepts() -> None:
                                       old_state="active", audit_from=NOW, now=NOW)
     status = payloads.service_status(host="h", binary="nova-compute", topic="compute",
                                      report_count=3, disabled_reason="libvirt lost",
-                                     last_seen_up=NOW)
+                                     last_seen_up=NOW,
+                                     broker={"consume": "10.0.0.1:5672", "publish": ""})
 
     for payload in (update, status):
         _check(payload)
         assert [] == missing(payload)
+    # Which cluster node each connection is on: ours, beside nova's data.
+    assert {"broker": {"consume": "10.0.0.1:5672", "publish": ""}} == status[EXTRA_KEY]
     assert ("active", "paused") == (
         update["nova_object.data"]["state_update"]["nova_object.data"]["old_state"],
         update["nova_object.data"]["state_update"]["nova_object.data"]["state"])

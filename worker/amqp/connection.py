@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ssl
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from kombu import Connection
 
 from worker import logs
-from worker.broker_urls import first_node, node_urls, spreads
+from worker.broker_urls import first_node, node_urls, spreads, with_port
 from worker.config import Config
 
 log = logs.get(__name__)
@@ -18,7 +19,7 @@ log = logs.get(__name__)
 Blocked = Callable[[str], None]
 Unblocked = Callable[[], None]
 T = TypeVar("T")
-__all__ = ["Nodes", "connection_for", "first_node", "masked", "node_urls", "open_node",
+__all__ = ["Nodes", "address", "connection_for", "first_node", "masked", "node_urls", "open_node",
            "spreads"]
 
 
@@ -30,6 +31,14 @@ def masked(url: str) -> str:
     in its message.
     """
     return logs.mask(url)
+
+
+def address(url: str) -> str:
+    """A node URL's ``host:port``, nothing of its credentials or vhost (memory:// is "memory")."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "memory":
+        return "memory"
+    return with_port(parts.netloc.rpartition("@")[2])
 
 
 def connection_for(cfg: Config, *, url: str | None = None, confirm: bool = False,
@@ -97,6 +106,8 @@ class Nodes(Generic[T]):
         self._start = start % len(urls)
         #: The node of the last open() that worked, its password masked ("" before any).
         self.current = ""
+        #: The same node as ``host:port``, for labels and events ("" before any).
+        self.address = ""
 
     def round(self) -> list[int]:
         """The order the next open() tries the nodes in, as indexes into urls."""
@@ -116,6 +127,7 @@ class Nodes(Generic[T]):
                 continue
             self._start = (index + 1) % len(self.urls)
             self.current = masked(self.urls[index])
+            self.address = address(self.urls[index])
             return conn
         assert error is not None
         raise error

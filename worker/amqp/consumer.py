@@ -63,6 +63,11 @@ class Consumer:
         #: Connections opened (the first one and every reconnect).
         self.connections = 0
 
+    @property
+    def node(self) -> str:
+        """The broker node (``host:port``) this connection is on; "" while it is down."""
+        return self._nodes.address if self.connected.is_set() else ""
+
     def stop(self) -> None:
         """Ask the loop to stop consuming and return."""
         self._stop.set()
@@ -122,7 +127,7 @@ class Consumer:
             self._consume(consumer)
         self.connected.set()
         self.connections += 1
-        log.info("consumer_connected", url=self._nodes.current,
+        log.info("consumer_connected", url=self._nodes.current, node=self._nodes.address,
                  queues=[q.name for q in queues], prefetch=self.cfg.rabbit.prefetch_count,
                  wire=type(wire).__name__)
         try:

@@ -127,6 +127,11 @@ class Publisher:
         """True while a connection is up (False between a loss and the reconnect)."""
         return self._up
 
+    @property
+    def node(self) -> str:
+        """The broker node (``host:port``) this connection is on; "" while it is down."""
+        return self._nodes.address if self._up else ""
+
     def send(self, out: Outgoing) -> Future[None]:
         """Queue one message; the future resolves when the broker has confirmed it."""
         future: Future[None] = Future()
@@ -243,7 +248,8 @@ class Publisher:
         self._connected.set()
         self.connections += 1
         self._up = True
-        log.info("publisher_connected", url=self._nodes.current, confirms=wire.confirms,
+        log.info("publisher_connected", url=self._nodes.current, node=self._nodes.address,
+                 confirms=wire.confirms,
                  wire=type(wire).__name__)
         try:
             self._pump(wire, publish, unconfirmed if wire.confirms else None)

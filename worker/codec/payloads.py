@@ -215,16 +215,23 @@ def instance_update(*, instance: dict[str, Any], live: dict[str, Any], host: str
 
 
 def service_status(*, host: str, binary: str, topic: str, report_count: int,
-                   disabled_reason: str | None, last_seen_up: datetime.datetime
-                   ) -> dict[str, Any]:
-    """ServiceStatusPayload: this host's compute service, and why it is disabled if it is."""
-    return versioned("ServiceStatusPayload", {
+                   disabled_reason: str | None, last_seen_up: datetime.datetime,
+                   broker: dict[str, str] | None = None) -> dict[str, Any]:
+    """ServiceStatusPayload: this host's compute service, and why it is disabled if it is.
+
+    broker (connection -> host:port of its node) goes under EXTRA_KEY: which cluster node
+    the host is on is ours to say; nova's payload has no place for it.
+    """
+    payload = versioned("ServiceStatusPayload", {
         "host": host, "binary": binary, "topic": topic, "report_count": report_count,
         "disabled": disabled_reason is not None, "disabled_reason": disabled_reason,
         "availability_zone": None, "last_seen_up": _iso(last_seen_up), "forced_down": False,
         "version": SERVICE_VERSION,
         "uuid": str(uuidlib.uuid5(_SERVICE_UUIDS, f"{binary}/{host}")),
     })
+    if broker:
+        payload[EXTRA_KEY] = {"broker": dict(broker)}
+    return payload
 
 
 def rpc_reject(*, host: str, method: str | None, unique_id: str | None,

@@ -107,12 +107,14 @@ class Answers:
         return self.event("rpc_message.reject.error", payload, error=True,
                           source_id=partial.get("unique_id"))
 
-    def service_status(self, *, disabled_reason: str | None) -> Outgoing:
-        """service.update: nova's compute service on this host, disabled with a reason or not."""
+    def service_status(self, *, disabled_reason: str | None,
+                       broker: dict[str, str] | None = None) -> Outgoing:
+        """service.update: nova's compute service on this host, disabled with a reason or not;
+        broker: the node each broker connection is on (ours, beside nova's payload)."""
         payload = payloads.service_status(
             host=self.cfg.host, binary="nova-compute", topic=self.cfg.topic,
             report_count=next(self._reports), disabled_reason=disabled_reason,
-            last_seen_up=datetime.datetime.now(datetime.UTC))
+            last_seen_up=datetime.datetime.now(datetime.UTC), broker=broker)
         return self.event("service.update", payload)
 
     def instance_update(self, uuid: str, live: dict[str, Any],

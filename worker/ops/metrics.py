@@ -30,6 +30,8 @@ OUTCOMES = ("ok", "error", "rejected", "duplicate")
 #: nova's power states, as the worker maps libvirt's; each is exported, 0 when none is in it.
 POWER_STATES = ("pending", "running", "paused", "shutdown", "crashed", "suspended")
 PEERS = ("broker", "libvirt")
+#: The worker's two broker connections, each on a node of its own choosing.
+CONNECTIONS = ("consume", "publish")
 #: oslo's notification priorities; the worker sends info and error (always exported).
 PRIORITIES = ("audit", "critical", "debug", "error", "info", "sample", "warn")
 # Queries take milliseconds, a pause tens of them, a build or snapshot seconds to
@@ -54,6 +56,8 @@ class Readings:
     confirm_failures: Callable[[], int]
     #: power state -> instances known in it.
     power_states: Callable[[], Mapping[str, int]]
+    #: connection (consume, publish) -> the broker node it is on as host:port ("" while down).
+    broker_nodes: Callable[[], Mapping[str, str]] = lambda: {}
 
 
 class Metrics:
@@ -127,6 +131,14 @@ class _Readout(Collector):
         yield _gauge("compute_worker_broker_connected",
                      "1 while both broker connections (consuming, publishing) are up",
                      lambda: int(r.broker_connected()))
+        nodes = GaugeMetricFamily(
+            "compute_worker_broker_node", "1 for the broker node each connection (consume, "
+            "publish) is on now; no series for a connection that is down",
+            labels=["connection", "node"])
+        for connection, node in sorted(dict(_read(r.broker_nodes, {})).items()):
+            if node and connection in CONNECTIONS:  # nodes come from transport_url: bounded
+                nodes.add_metric([connection, node], 1)
+        yield nodes
         yield _gauge("compute_worker_verbs_in_flight",
                      "RPC messages whose handler is running now", r.verbs_in_flight)
         yield _gauge("compute_worker_queue_depth",
