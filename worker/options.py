@@ -122,7 +122,8 @@ class RabbitOptions:
     )
     enable_cancel_on_failover: bool = _opt(
         False, "ask the broker to cancel our consumers when a mirrored queue fails over "
-        "(x-cancel-on-ha-failover); the worker then declares and consumes again"
+        "(x-cancel-on-ha-failover); the worker then declares and consumes again. Classic "
+        "queues only: quorum queues refuse it and move their consumers themselves"
     )
     dead_letter_exchange: str = _opt(
         "", "exchange that rejected messages go to (and a queue of that name keeps them)"

@@ -16,7 +16,7 @@ from kombu import Message
 from worker import logs
 from worker.amqp.connection import Nodes, first_node, node_urls, open_node
 from worker.amqp.declare import MISMATCH_RECHECK, declare
-from worker.amqp.topology import declared_only, rpc_queues
+from worker.amqp.topology import ConsumedQueue, declared_only, rpc_queues
 from worker.amqp.waker import Waker
 from worker.amqp.wire import Owed, Wire, wire_for
 from worker.config import Config
@@ -59,6 +59,10 @@ class Consumer:
         self._ever_consumed = False
         self._ever_declared = False
         self._host_queue_name = ""
+        #: Queues the broker cancelled our consumer of (filled while frames are read).
+        self._cancelled: list[str] = []
+        #: Times the broker cancelled a consumer and the worker subscribed again in place.
+        self.resubscribed = 0
         self.received = 0
         #: Connections opened (the first one and every reconnect).
         self.connections = 0
@@ -107,6 +111,9 @@ class Consumer:
         channel.basic_qos(0, self.cfg.rabbit.prefetch_count, False)
         queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
         self._host_queue_name = queues[0].name
+        self._cancelled.clear()  # a cancel on the last connection is that one's
+        for q in queues:
+            q.on_cancelled = self._cancelled.append
         try:
             declare([extra(channel) for extra in declared_only(self.cfg)] + queues)
         except TopologyMismatch as exc:
@@ -131,7 +138,7 @@ class Consumer:
                  queues=[q.name for q in queues], prefetch=self.cfg.rabbit.prefetch_count,
                  wire=type(wire).__name__)
         try:
-            self._loop(wire, consumer, consuming)
+            self._loop(wire, consumer, consuming, {q.name: q for q in queues})
         finally:
             self.consuming = False
             self.connected.clear()
@@ -173,7 +180,8 @@ class Consumer:
         self.consuming = True
         log.info("consuming")
 
-    def _loop(self, wire: Wire, consumer: KombuConsumer, consuming: bool) -> None:
+    def _loop(self, wire: Wire, consumer: KombuConsumer, consuming: bool,
+              queues: dict[str, ConsumedQueue]) -> None:
         while not self._stop.is_set():
             self.moved_at = time.monotonic()
             wanted = not self._paused.is_set()
@@ -191,8 +199,34 @@ class Consumer:
             # (TLS, kombu's path) polls, briefly while work is in flight.
             wire.wait(1.0, poll=0.002 if self._busy() else 0.5)
             self._settle_owed(wire)
+            if self._cancelled:
+                self._resubscribe(wire, consumer, queues, consuming)
             wire.heartbeat()
         self._settle_owed(wire)
+
+    def _resubscribe(self, wire: Wire, consumer: KombuConsumer,
+                     queues: dict[str, ConsumedQueue], consuming: bool) -> None:
+        """The broker cancelled our consumer of some queues: declare them, consume them again.
+
+        On the same channel, so the deliveries of the other queues keep their settlements
+        (a reconnect would drop them all to be redelivered). A deleted queue comes back
+        empty with its binding; a quorum queue's new leader serves it as before. What fails
+        here (a 406 because someone declared it otherwise, its node still gone) costs the
+        connection, and the reconnect declares everything again and says what clashes.
+        """
+        names = list(dict.fromkeys(self._cancelled))
+        self._cancelled.clear()
+        wire.release()  # py-amqp reads the declare-ok and consume-ok itself
+        for name in names:
+            log.warning("consumer_cancelled_by_broker", queue=name)
+            consumer.cancel_by_queue(name)  # kombu forgets the tag the broker dropped
+        declare([queues[name] for name in names])
+        for name in names:
+            consumer.add_queue(queues[name])
+        if consuming:
+            self._consume(consumer)  # only the queues without a consumer tag
+        self.resubscribed += len(names)
+        log.info("consumer_resubscribed", queues=names, consuming=consuming)
 
     def _received(self, message: Message) -> None:
         self.received += 1

@@ -54,21 +54,59 @@ def rpc_queue_arguments(cfg: Config) -> dict[str, Any]:
     return args
 
 
-def consumer_arguments(cfg: Config) -> dict[str, Any] | None:
-    """basic.consume arguments of the RPC queues (oslo's enable_cancel_on_failover)."""
-    return {"x-cancel-on-ha-failover": True} if cfg.rabbit.enable_cancel_on_failover else None
+def consumer_arguments(cfg: Config, *, classic: bool = False) -> dict[str, Any] | None:
+    """basic.consume arguments (oslo's enable_cancel_on_failover) of an RPC queue.
+
+    Only on classic queues: RabbitMQ 3.10 refuses the argument on a quorum queue (406
+    "invalid arg 'x-cancel-on-ha-failover' ... of queue type rabbit_quorum_queue", seen
+    here), and a quorum queue moves its consumers to a new leader by itself.
+    """
+    rabbit = cfg.rabbit
+    wanted = rabbit.enable_cancel_on_failover and (classic or not rabbit.rabbit_quorum_queue)
+    return {"x-cancel-on-ha-failover": True} if wanted else None
 
 
-class ExclusiveQueue(Queue):  # type: ignore[misc]  # kombu is untyped here
-    """A queue consumed exclusively: the broker refuses a second consumer (403)."""
+class ConsumedQueue(Queue):  # type: ignore[misc]  # kombu is untyped here
+    """A queue the worker consumes, told when the broker cancels its consumer.
+
+    RabbitMQ sends basic.cancel when the queue is deleted, or its node goes, or (with
+    x-cancel-on-ha-failover) its mirror fails over. kombu's Consumer registers no
+    on_cancel, so py-amqp would raise ConsumerCancelled and cost the whole connection
+    (and the settlement of every delivery on it); the consumer sets on_cancelled to
+    declare the queue again and resubscribe on the same channel instead. Copies made
+    by binding keep it.
+    """
+
+    #: basic.consume's exclusive bit (not kombu's ``exclusive``, which is the queue's own).
+    exclusive_consumer = False
+    #: Called with the queue's name when the broker cancels our consumer of it.
+    on_cancelled: Any = None
+
+    def bind(self, channel: Any) -> Any:
+        """A bound copy that keeps on_cancelled (kombu copies only its own attributes)."""
+        bound = super().bind(channel)
+        bound.on_cancelled = self.on_cancelled
+        return bound
 
     def consume(self, consumer_tag: str = "", callback: Any = None, no_ack: bool | None = None,
                 nowait: bool = False, on_cancel: Any = None) -> Any:
-        """kombu's Queue.consume, with basic.consume's exclusive bit set."""
+        """kombu's Queue.consume, with our cancel callback and exclusive bit."""
+        if on_cancel is None and self.on_cancelled is not None:
+            told, name = self.on_cancelled, self.name
+
+            def on_cancel(_tag: str) -> None:
+                told(name)
         return self.channel.basic_consume(
             queue=self.name, no_ack=self.no_ack if no_ack is None else no_ack,
             consumer_tag=consumer_tag or "", callback=callback, nowait=nowait,
-            arguments=self.consumer_arguments, on_cancel=on_cancel, exclusive=True)
+            arguments=self.consumer_arguments, on_cancel=on_cancel,
+            exclusive=self.exclusive_consumer)
+
+
+class ExclusiveQueue(ConsumedQueue):
+    """A queue consumed exclusively: the broker refuses a second consumer (403)."""
+
+    exclusive_consumer = True
 
 
 def host_queue(cfg: Config) -> Queue:
@@ -99,10 +137,10 @@ def alt_host_queue(cfg: Config) -> Queue:
 
 def shared_queue(cfg: Config) -> Queue:
     """``<topic>``: shared by every worker of the topic (off unless asked for)."""
-    return Queue(cfg.topic, control_exchange(cfg), routing_key=cfg.topic,
-                 durable=durable(cfg), auto_delete=False,
-                 queue_arguments=rpc_queue_arguments(cfg) or None,
-                 consumer_arguments=consumer_arguments(cfg))
+    return ConsumedQueue(cfg.topic, control_exchange(cfg), routing_key=cfg.topic,
+                         durable=durable(cfg), auto_delete=False,
+                         queue_arguments=rpc_queue_arguments(cfg) or None,
+                         consumer_arguments=consumer_arguments(cfg))
 
 
 def dead_letter_queue(cfg: Config) -> Queue | None:
@@ -128,13 +166,13 @@ def fanout_queue(cfg: Config, unique: str) -> Queue:
     one node; when that node goes, the consumer declares it again on another.
     """
     ttl = cfg.rabbit.rabbit_transient_queues_ttl
-    return Queue(f"{cfg.topic}_fanout_{unique}", fanout_exchange(cfg), routing_key=cfg.topic,
-                 durable=False, auto_delete=False,
-                 queue_arguments={"x-expires": ttl * 1000} if ttl else None,
-                 consumer_arguments=consumer_arguments(cfg))
+    return ConsumedQueue(f"{cfg.topic}_fanout_{unique}", fanout_exchange(cfg),
+                         routing_key=cfg.topic, durable=False, auto_delete=False,
+                         queue_arguments={"x-expires": ttl * 1000} if ttl else None,
+                         consumer_arguments=consumer_arguments(cfg, classic=True))
 
 
-def rpc_queues(cfg: Config, fanout_unique: str) -> list[Queue]:
+def rpc_queues(cfg: Config, fanout_unique: str) -> list[ConsumedQueue]:
     """Every queue the worker consumes."""
     queues = [host_queue(cfg), alt_host_queue(cfg), fanout_queue(cfg, fanout_unique)]
     if cfg.shared_queue:
