@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 import pytest
-from kombu import Connection
+from kombu import Connection, Producer
 from structlog.testing import capture_logs
 
 from tests.brokers import queue_counts, wait_until
@@ -17,8 +18,10 @@ from tests.helpers import BOTH_PATHS
 from tests.relay import Relay
 from tests.taps import EventTap
 from worker.amqp.client import RpcClient
+from worker.amqp.connection import address
 from worker.amqp.publisher import Publisher
-from worker.amqp.topology import host_queue
+from worker.amqp.topology import control_exchange, host_queue
+from worker.codec import envelope
 from worker.config import Config
 from worker.messages import Outgoing
 from worker.service import Service
@@ -142,3 +145,52 @@ def test_pairs_published_together_are_both_confirmed(
                        f"both publishes of pair {number} to be confirmed", interval=0.001)
     finally:
         publisher.stop(5)
+
+
+def test_events_unconfirmed_when_their_node_goes_are_published_again_on_the_next(
+        make_config: Callable[..., Config], relay: Relay, broker_url: str, fast_path: bool,
+        domains: Callable[[int], list[str]]) -> None:
+    """A node that takes a completed cast's events and dies before confirming them: the
+    publisher moves to the next node and publishes the same events again, their message_ids
+    the journal's, and only then is the cast acked; the pause is not run a second time.
+
+    Given a worker on ``relay;broker`` (two nodes of one broker) whose publishing link has its
+    confirms held, when a pause completes and the link is then cut, the tap sees each of
+    its events twice under one message_id (the first copy had reached the broker), the
+    publisher is on the second node, and the cast is acked once.
+    """
+    cfg = dataclasses.replace(make_config(fast_path=fast_path),
+                              transport_url=f"{relay.url};{broker_url}")
+    (uid,) = domains(1)
+    unique_id = uuid.uuid4().hex
+    tap = EventTap(broker_url, cfg.control_exchange, cfg.notifications.notification_topic)
+    service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
+    try:
+        service.start()
+        link = wait_until(lambda: relay.link_that_sent(CONFIRM_SELECT), 10,
+                          "the publisher's confirm.select")
+        relay.hold(link)
+        with Connection(broker_url) as conn:
+            Producer(conn.channel()).publish(
+                envelope.wrap({"method": "pause_instance", "version": "6.0",
+                               "args": {"instance": {"uuid": uid}}, "_unique_id": unique_id}),
+                exchange=control_exchange(cfg), routing_key=host_queue(cfg).name,
+                content_type="application/json", content_encoding="utf-8")
+        tap.wait_type(uid, "instance.pause.end")
+        recorded = wait_until(lambda: service.journal.get(unique_id), 10, "the journal entry")
+        assert (0, 1) == queue_counts(host_queue(cfg).name)  # completed, not acked
+        relay.cut(link)
+        tap.wait_type(uid, "instance.pause.end", count=2)
+        wait_until(lambda: queue_counts(host_queue(cfg).name) == (0, 0), 10,
+                   "the cast to be acked")
+        nodes = service.broker_nodes()
+    finally:
+        relay.release()
+        service.stop(grace=5)
+        tap.close()
+    journaled = [envelope.unwrap(out.body, 1 << 20) for out in recorded.outgoing]
+    ends = tap.of(uid, "instance.pause.end")
+    assert 2 == len(ends) and ends[0]["message_id"] == ends[1]["message_id"]
+    assert ends[0]["message_id"] in {event.get("message_id") for event in journaled}
+    assert 1 == len({e["message_id"] for e in tap.of(uid, "instance.pause.start")})
+    assert {"consume": address(relay.url), "publish": address(broker_url)} == nodes
