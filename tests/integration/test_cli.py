@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import signal
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from kombu import Connection
@@ -211,6 +213,25 @@ def test_check_tries_every_broker_node_and_names_the_one_that_answers(cfg: Confi
     broker = result.stdout.splitlines()[0]
     assert broker.startswith("ok   broker: amqp://guest:***@127.0.0.1"), result.stdout
     assert ":1//" not in broker and ":2//" not in broker
+
+
+def test_check_on_an_oslo_cluster_url_says_which_nodes_answer(cfg: Config) -> None:
+    """oslo's form with one node down: the node that answers, a warning naming the one that
+    does not (the worker rides that out), and exit 0; with every node up, one cluster."""
+    port = urlsplit(cfg.transport_url).port or 5672
+    flags = ["--virt-type", "test", "--instances-path", cfg.instances_path,
+             "--state-dir", cfg.state_dir]
+    one_down = _run(["check", "--transport-url",
+                     f"rabbit://guest:guest@127.0.0.1:{port},guest:guest@127.0.0.1:1/", *flags])
+    both_up = _run(["check", "--transport-url",
+                    f"rabbit://guest:guest@127.0.0.1:{port},guest:guest@localhost:{port}/",
+                    *flags])
+
+    assert 0 == one_down.returncode, one_down.stdout
+    assert "WARN broker nodes: 1 of 2 answer; down: 127.0.0.1:1 (" in one_down.stdout
+    assert 0 == both_up.returncode, both_up.stdout
+    assert re.search(r"^ok   broker nodes: 2 of 2 answer, all of cluster \S+$", both_up.stdout,
+                     flags=re.M), both_up.stdout
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.amqp.client import declaration_clashes
-from worker.amqp.connection import Nodes, masked, node_urls, open_node
+from worker.amqp.connection import Nodes, address, masked, node_urls, open_node
 from worker.amqp.faults import diagnose, fix_for_broker
 from worker.config import Config
 from worker.errors import ConfigError
@@ -56,6 +56,11 @@ class Report:
         print(mask(f"FAIL {name}: {problem[0]}"[:500]))
         print(mask(f"     fix: {problem[1]}"))
 
+    def warn(self, name: str, problem: tuple[str, str]) -> None:
+        """A problem the worker rides out (a cluster node down): said, not counted."""
+        print(mask(f"WARN {name}: {problem[0]}"[:500]))
+        print(mask(f"     fix: {problem[1]}"))
+
 
 def _broker(cfg: Config, report: Report) -> None:
     # Every node in turn, as the worker does: with a and b down, c still counts.
@@ -69,6 +74,8 @@ def _broker(cfg: Config, report: Report) -> None:
                           fix_for_broker(exc)))
         return  # the declarations cannot be checked without one
     report("broker", None, nodes.current)
+    if len(urls) > 1:
+        _cluster(cfg, urls, report)
     try:
         clashes = declaration_clashes(conn, cfg)
     except Exception as exc:  # the broker went away between the two checks
@@ -81,6 +88,45 @@ def _broker(cfg: Config, report: Report) -> None:
         report("declarations", None, f"exchange {cfg.control_exchange}, queue "
                                       f"{cfg.topic}.{cfg.host} and the event queues as the "
                                       "worker declares them, no other worker on the host queue")
+
+
+def _cluster(cfg: Config, urls: list[str], report: Report) -> None:
+    """Every node of a cluster URL, each asked once: which answer, and are they one cluster?
+
+    The worker runs while one node answers, so a node down is a warning; nodes of two
+    clusters (a typo in one host) is a failure: the host's queues would be split.
+    """
+    down: list[str] = []
+    clusters: dict[str, list[str]] = {}
+    for url in urls:
+        try:
+            conn = open_node(cfg, url)
+        except Exception as exc:  # a node down is what this check is for
+            down.append(f"{address(url)} ({type(exc).__name__}: {exc})"[:200])
+            continue
+        try:
+            properties = getattr(conn.connection, "server_properties", None) or {}
+            name = properties.get("cluster_name", "")
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            clusters.setdefault(name, []).append(address(url))
+        finally:
+            conn.release()
+    up = sum(len(found) for found in clusters.values())
+    if len(clusters) > 1:
+        report("broker nodes", (
+            "the nodes belong to different clusters: " + "; ".join(
+                f"{name or '(unnamed)'}: {', '.join(found)}" for name, found in clusters.items()),
+            "list the nodes of one cluster in transport_url (rabbitmqctl cluster_status on "
+            "each shows its cluster)"))
+    elif down:
+        report.warn("broker nodes", (
+            f"{up} of {len(urls)} answer; down: {'; '.join(down)}",
+            "start the node that is down, or drop it from transport_url; the worker runs "
+            "on the others meanwhile"))
+    else:
+        name = next(iter(clusters), "")
+        report("broker nodes", None,
+               f"{up} of {len(urls)} answer" + (f", all of cluster {name}" if name else ""))
 
 
 def _libvirt(cfg: Config, report: Report) -> None:
