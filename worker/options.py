@@ -247,7 +247,9 @@ class Config:
                      default_text="this machine's hostname")
     transport_url: str = _opt(
         "amqp://guest:guest@localhost:5672//",
-        "broker URL (amqp://, amqps://, or memory:// for the embedded demo)",
+        "broker URL (amqp://, amqps://, or memory:// for the embedded demo); a cluster as "
+        "oslo writes it (rabbit://u:p@h1:5672,u:p@h2:5672,u:p@h3:5672/) or as kombu's "
+        "url1;url2;url3, every node tried in turn",
     )
     control_exchange: str = _opt("nova", "topic exchange that RPC and events use")
     topic: str = _opt("compute", "RPC topic; the worker consumes <topic>.<host>")

@@ -18,6 +18,8 @@ def package_version() -> str:
 RUN = """examples:
   compute-worker run --config /etc/compute-worker/compute-worker.conf
   compute-worker run --virt-type qemu --transport-url amqp://nova:PASSWORD@rabbit:5672//
+  compute-worker run --rabbit-quorum-queue \
+      --transport-url rabbit://nova:PW@rabbit1:5672,nova:PW@rabbit2:5672,nova:PW@rabbit3:5672/
   COMPUTE_WORKER_HOST=compute-01 compute-worker run --log-level debug
 
 Stops on SIGTERM or SIGINT: running verbs get --grace seconds, unstarted ones go back
@@ -25,9 +27,11 @@ to the queue."""
 CHECK = """examples:
   compute-worker check --config /etc/compute-worker/compute-worker.conf
   compute-worker check --transport-url amqp://nova:PASSWORD@rabbit:5672// --virt-type test
+  compute-worker check --transport-url rabbit://nova:PW@rabbit1,nova:PW@rabbit2,nova:PW@rabbit3/
 
-One line per check, ok or FAIL; each FAIL is followed by a line saying how to fix it.
-Exit status 0 when every check passes, 1 otherwise."""
+One line per check, ok, WARN or FAIL; each WARN and FAIL is followed by a line saying how
+to fix it. On a cluster URL every node is asked: one down is a WARN (the worker runs on the
+others), nodes of two clusters a FAIL. Exit status 0 when no check fails, 1 otherwise."""
 DEMO = """examples:
   compute-worker demo
 
