@@ -108,6 +108,8 @@ class Consumer:
     def _serve(self, conn: Any) -> None:
         wire = wire_for(conn, self._waker, fast_path=self.cfg.rabbit.fast_path)
         channel = conn.channel()
+        # global False: the prefetch is per consumer, which is all quorum queues take
+        # (RabbitMQ refuses them a channel-wide QoS).
         channel.basic_qos(0, self.cfg.rabbit.prefetch_count, False)
         queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
         self._host_queue_name = queues[0].name
