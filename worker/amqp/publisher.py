@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 from kombu import Connection
 
 from worker import logs
+from worker.amqp.calls import CallWatches, Returns, reply_msg_id
 from worker.amqp.confirms import Block, Item, Unconfirmed, complete
 from worker.amqp.connection import Nodes, first_node, node_urls, open_node
 from worker.amqp.declare import MISMATCH_RECHECK, declare
@@ -47,25 +47,6 @@ BATCH = 256
 # thread sleeps at most HOLD_POLL at a time, so hold() needs no wake-up.
 HOLD_POLL = 0.05
 RECENT = 2.0
-# Call-monitor heartbeats come at most this often, whatever _timeout asks:
-# a _timeout of 0.2 ms once made 33,457 warnings and most of a core out of
-# one call behind a slow verb. oslo's own server sends none below a 2 s
-# _timeout; half a second still keeps a caller with _timeout=1 alive.
-HEARTBEAT_FLOOR = 0.5
-# Returned replies remembered so each call's is logged once, not once a beat.
-_RETURNED_MEMORY = 1024
-
-
-@dataclass
-class _Watch:
-    """A call in progress: send an ``ending: false`` reply every interval."""
-
-    reply_q: str
-    msg_id: str
-    interval: float
-    due: float = field(default=0.0)
-
-
 class Publisher:
     """Publishes with pipelined confirms on its own connection and thread."""
 
@@ -92,9 +73,8 @@ class Publisher:
         self._waker = Waker()
         self._nodes = Nodes(node_urls(cfg.transport_url), self._connect, name="publisher",
                             start=first_node(cfg.transport_url, cfg.host, role=1))
-        self._watches: dict[int, _Watch] = {}
-        self._watch_ids = 0
-        self._returned_calls: OrderedDict[str, None] = OrderedDict()
+        self._calls = CallWatches()
+        self._returns = Returns()
         self._stopping = False
         self._held: deque[Held] = deque()  # deadlines in order: every hold is the same length
         self._last_hold = -RECENT
@@ -168,19 +148,15 @@ class Publisher:
 
     def watch_call(self, reply_q: str, msg_id: str, interval: float) -> int:
         """Start call-monitor heartbeats for a running call (at most two a second); a handle."""
-        interval = max(interval, HEARTBEAT_FLOOR)
         with self._lock:
-            self._watch_ids += 1
-            self._watches[self._watch_ids] = _Watch(reply_q, msg_id, interval,
-                                                    time.monotonic() + interval)
-            handle = self._watch_ids
+            handle = self._calls.add(reply_q, msg_id, interval, time.monotonic())
         self._waker.wake()
         return handle
 
     def unwatch_call(self, handle: int) -> None:
         """Stop the heartbeats of a call."""
         with self._lock:
-            self._watches.pop(handle, None)
+            self._calls.remove(handle)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish what is queued (within timeout), then close."""
@@ -325,7 +301,7 @@ class Publisher:
             batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
             # Done already (confirmed before a reconnect put it back): never published again.
             batch = [item for item in batch if not item[1].done()]
-            for watch in self._due_watches():
+            for watch in self._calls.due(time.monotonic()):
                 body = envelope.reply(watch.msg_id, ending=False)
                 # Nobody waits for a heartbeat's confirm, but it takes a delivery tag.
                 batch.append((Outgoing("", watch.reply_q, body, True), Future()))
@@ -391,46 +367,21 @@ class Publisher:
         if now - self._last_hold < RECENT:
             # Active: sleep at most HOLD_POLL, so that hold() never has to wake us.
             wait = min(wait, HOLD_POLL)
-        for watch in self._watches.values():
-            wait = min(wait, max(0.0, watch.due - now))
+        soonest = self._calls.soonest()
+        if soonest is not None:
+            wait = min(wait, max(0.0, soonest - now))
         return wait
-
-    def _due_watches(self) -> list[_Watch]:
-        now = time.monotonic()
-        due = []
-        for watch in self._watches.values():
-            if watch.due <= now:
-                watch.due = now + watch.interval
-                due.append(watch)
-        return due
 
     def _returned(self, exc: Exception, exchange: str, routing_key: str, message: Any) -> None:
         """An unroutable mandatory message (a reply whose caller is gone): log it once per call.
 
         The call's heartbeats stop too: nobody is listening for them.
         """
-        msg_id = _reply_msg_id(getattr(message, "body", b""))
-        key = f"{routing_key}/{msg_id}"
+        msg_id = reply_msg_id(getattr(message, "body", b""))
         with self._lock:
             if msg_id is not None:
-                for handle, watch in list(self._watches.items()):
-                    if watch.msg_id == msg_id and watch.reply_q == routing_key:
-                        del self._watches[handle]
-            seen = key in self._returned_calls
-            self._returned_calls[key] = None
-            self._returned_calls.move_to_end(key)
-            while len(self._returned_calls) > _RETURNED_MEMORY:
-                self._returned_calls.popitem(last=False)
-        if not seen:
+                self._calls.forget(routing_key, msg_id)
+            first = self._returns.first(f"{routing_key}/{msg_id}")
+        if first:
             log.warning("message_returned", exchange=exchange, routing_key=routing_key,
                         msg_id=msg_id, reason=str(exc)[:200])
-
-
-def _reply_msg_id(body: Any) -> str | None:
-    """The _msg_id of a reply body, if it is one (returned messages are rare: parse freely)."""
-    try:
-        inner = envelope.unwrap(body, 1 << 20)
-    except Exception:  # anything unparsable is simply not a reply we know
-        return None
-    value = inner.get("_msg_id")
-    return value if isinstance(value, str) else None
