@@ -6,11 +6,12 @@ import dataclasses
 import struct
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import Future
+from typing import Any
 
 import pytest
-from kombu import Connection, Producer
+from kombu import Connection, Producer, Queue
 from structlog.testing import capture_logs
 
 from tests.brokers import queue_counts, wait_until
@@ -194,3 +195,47 @@ def test_events_unconfirmed_when_their_node_goes_are_published_again_on_the_next
     assert ends[0]["message_id"] in {event.get("message_id") for event in journaled}
     assert 1 == len({e["message_id"] for e in tap.of(uid, "instance.pause.start")})
     assert {"consume": address(relay.url), "publish": address(broker_url)} == nodes
+
+
+def test_nacked_events_are_published_again_and_their_cast_waits_unacked(
+        make_config: Callable[..., Config], broker_url: str, fast_path: bool,
+        info_logs: list[MutableMapping[str, Any]],
+        domains: Callable[[int], list[str]]) -> None:
+    """Events the broker nacks are not failed back to their cast: the publisher publishes them
+    again on a new connection until the broker takes them, the cast stays unacked meanwhile
+    and is acked once, and the pause never comes back to be absorbed by the journal.
+
+    A queue bound to the events' routing key with ``x-overflow: reject-publish`` and no room
+    makes RabbitMQ nack every event (as a quorum queue without a leader does); deleting it
+    lets the next attempt through.
+    """
+    cfg = make_config(fast_path=fast_path)
+    (uid,) = domains(1)
+    refusing = Queue(f"refuse_{uuid.uuid4().hex[:8]}", control_exchange(cfg),
+                     routing_key=f"{cfg.notifications.notification_topic}.info",
+                     queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    tap = EventTap(broker_url, cfg.control_exchange, cfg.notifications.notification_topic)
+    service = Service(cfg, retry_sleep=lambda _s: None, debounce=0.3)
+    try:
+        service.start()
+        with Connection(broker_url) as conn:
+            refusing(conn.channel()).declare()
+            RpcClient(conn, exchange=cfg.control_exchange, topic=cfg.topic).cast(
+                cfg.host, "pause_instance", {"instance": {"uuid": uid}})
+        wait_until(lambda: service.publisher.confirm_failures >= 4, 20,
+                   "the broker to nack the events a few times")
+        assert (0, 1) == queue_counts(host_queue(cfg).name)  # done, not acked, not requeued
+        with Connection(broker_url) as conn:
+            refusing(conn.channel()).delete()
+        wait_until(lambda: queue_counts(host_queue(cfg).name) == (0, 0), 20,
+                   "the cast to be acked")
+        tap.wait_type(uid, "instance.pause.end")
+    finally:
+        service.stop(grace=5)
+        tap.close()
+    events = [e["event"] for e in info_logs]
+    assert 0 == events.count("duplicate_skipped_already_completed")
+    assert 0 == events.count("publish_unconfirmed_message_requeued")
+    assert 1 == events.count("verb_completed")
+    lost = [e["error"] for e in info_logs if e["event"] == "publisher_connection_lost"]
+    assert lost and all("the broker nacked" in error for error in lost), lost

@@ -35,6 +35,8 @@ class Unconfirmed:
         self._tally = tally
         self.next_tag = 1
         self._closed = False
+        #: Publishes the broker nacked: kept in the table, to be published again.
+        self.nacked = 0
 
     def add(self, item: Item, at: float) -> None:
         self.items[self.next_tag] = (item, at)
@@ -53,6 +55,19 @@ class Unconfirmed:
                 complete(entry[0][1], error)
                 if self._tally is not None:
                     self._tally(entry[0][0], error)
+
+    def nack(self, tag: int, multiple: bool) -> None:
+        """The broker refused these: count them and keep them, unsettled, in publish order.
+
+        Never failed back to the caller: a nack is the broker's trouble (a quorum queue
+        between leaders, a queue full), and a completed cast whose event failed would be
+        requeued, run into the journal, republished and nacked again, until a delivery
+        limit dropped it. The publisher opens a new connection and publishes them again.
+        """
+        if self._closed:
+            return
+        tags = list(itertools.takewhile(lambda t: t <= tag, self.items)) if multiple else [tag]
+        self.nacked += sum(1 for t in tags if t in self.items)
 
     def take_all(self) -> list[Item]:
         """Close the table: its items in publish order; nothing settles here any more."""

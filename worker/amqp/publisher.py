@@ -219,8 +219,8 @@ class Publisher:
             return
         unconfirmed = Unconfirmed(self._tally)
         publish = wire.publishing(
-            channel, lambda tag, multiple, nacked: unconfirmed.settle(
-                tag, multiple, "nacked by broker" if nacked else None), self._returned)
+            channel, lambda tag, multiple, nacked: unconfirmed.nack(tag, multiple) if nacked
+            else unconfirmed.settle(tag, multiple, None), self._returned)
         self._connected.set()
         self.connections += 1
         self._up = True
@@ -352,6 +352,13 @@ class Publisher:
                     with self._lock:
                         self._sleeping_until = 0.0
             wire.heartbeat()
+            if unconfirmed is not None and unconfirmed.nacked:
+                # RabbitMQ 3.10 went on nacking every publish of a channel whose first
+                # publish to a quorum queue came just after that queue's leader died (20 s
+                # and more), where a new channel got through at once: publish them again
+                # on a new connection, in order, their futures still pending.
+                self.confirm_failures += unconfirmed.nacked
+                raise ConnectionError(f"the broker nacked {unconfirmed.nacked} publishes")
             if unconfirmed is not None:
                 oldest = unconfirmed.oldest()
                 if (oldest is not None
