@@ -11,7 +11,8 @@ the last casts asked for), and that the same worker process moved its connection
 lost node by itself. The counts and each fault's failover time print at the end of the run.
 
 Run it alone with ``.venv/bin/python -m pytest tests/cluster -q`` (needs rabbitmq-server and a
-libvirtd with QEMU; about 80 s, most of it the cluster's boot).
+libvirtd with QEMU; about 90 s here, up to 150 s on a loaded machine, a third of it booting
+the nodes).
 """
 
 from __future__ import annotations
