@@ -11,31 +11,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import libvirt
 import pytest
 
 from tests.brokers import PrivateBroker
-from tests.domains import QEMU_URI, Vm, connection, define_vms, qemu_domain_type
-from tests.faults.support import (
-    FIGURES,
-    NAME_PREFIX,
-    ensure_libvirtd,
-    others_using_libvirtd,
-    remove_vms,
-)
-
-
-@pytest.fixture(scope="session")
-def domain_type() -> str:
-    """kvm where /dev/kvm works, else qemu (TCG); COMPUTE_WORKER_TEST_DOMAIN_TYPE forces one."""
-    try:
-        with connection(QEMU_URI) as conn:
-            return qemu_domain_type(conn)
-    except libvirt.libvirtError as exc:
-        pytest.fail(f"libvirtd with QEMU is not reachable at {QEMU_URI} ({exc}); "
-                    "run scripts/test.sh, which installs and starts it")
+from tests.faults.fixtures import domain_type, vms  # noqa: F401 - fixtures of this tier
+from tests.faults.support import FIGURES, ensure_libvirtd, others_using_libvirtd
 
 
 @pytest.fixture(scope="session")
@@ -47,20 +29,6 @@ def private_broker() -> Iterator[PrivateBroker]:
         yield broker
     finally:
         broker.close()
-
-
-@pytest.fixture
-def vms(domain_type: str) -> Iterator[Callable[[int], list[Vm]]]:
-    """Factory for running 64 MiB, 1 vCPU QEMU domains with no OS; all removed afterwards."""
-    made: list[Vm] = []
-
-    def make(count: int) -> list[Vm]:
-        with connection(QEMU_URI) as conn:
-            return define_vms(conn, domain_type, count, made, prefix=NAME_PREFIX)
-
-    yield make
-    ensure_libvirtd()
-    assert [] == remove_vms(made), "fault-test domains left behind"
 
 
 _LIBVIRTD_BUSY: list[str] = []  # set once a wait for other runs has expired

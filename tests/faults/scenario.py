@@ -8,11 +8,11 @@ import uuid
 from collections import Counter
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from kombu import Connection
 
-from tests.brokers import PrivateBroker, queue_counts, tail, wait_until
+from tests.brokers import queue_counts, tail, wait_until
 from tests.domains import Vm
 from tests.faults.support import (
     FIGURES,
@@ -40,12 +40,24 @@ from tests.faults.support import (
 from worker.amqp.topology import alt_host_queue, host_queue, notification_queues
 
 
+class Broker(Protocol):
+    """A broker of the test's own (a PrivateBroker, a BrokerCluster): its queues' counts."""
+
+    def queue_counts(self, name: str) -> tuple[int, int] | None:
+        """(ready, unacked) of a queue; None if it does not exist."""
+
+
 class Scenario:
     """Everything one scenario runs, torn down on exit even when a check failed."""
 
     def __init__(self, name: str, *, url: str, durable: bool, quorum: bool, tmp: Path,
-                 vms: list[Vm], count: int, rate: float, broker: PrivateBroker | None = None,
+                 vms: list[Vm], count: int, rate: float, broker: Broker | None = None,
+                 event_queues: bool = False, figures: list[Figures] | None = None,
                  **options: Any) -> None:
+        """broker: the test's own, left as it is at the end (else the shared broker, whose
+        queues and exchange the scenario deletes); event_queues: the tap reads the worker's
+        own event queues rather than one of its own; figures: where this scenario's go
+        (FIGURES, the faults tier's table, by default). options override the worker's."""
         self.name = name
         self.url = url
         self.durable = durable
@@ -59,7 +71,8 @@ class Scenario:
         self.plan: list[Cast] = plan_casts(vms, count, self.cfg.event_publisher_id)
         self.rate = rate
         self.figures = Figures(name)
-        FIGURES.append(self.figures)
+        (FIGURES if figures is None else figures).append(self.figures)
+        self.event_queues = event_queues
         self.began = time.monotonic()
         self.tap: ResilientTap | None = None
         self.caster: Caster | None = None
@@ -77,7 +90,9 @@ class Scenario:
                 conn.ensure_connection(max_retries=3, timeout=5)
                 host_queue(self.cfg)(conn.channel()).declare()
             self.tap = ResilientTap(self.url, self.cfg.control_exchange,
-                                    self.cfg.notifications.notification_topic, durable=self.durable)
+                                    self.cfg.notifications.notification_topic, durable=self.durable,
+                                    queues=notification_queues(self.cfg) if self.event_queues
+                                    else None)
             self.caster = Caster(self.url, self.cfg.control_exchange,
                                  f"{self.cfg.topic}.{self.cfg.host}", durable=self.durable)
             self.worker.start()

@@ -384,6 +384,18 @@ class Load:
             with self._cond:
                 self._cond.notify_all()
 
+    def end_after(self, count: int) -> int:
+        """Cast no more than count (and at least those confirmed or on their way); the plan
+        itself is cut there, so every check on it sees only what was meant to be sent.
+
+        The casting thread walks the plan list by index: cut in place, its loop ends at the
+        new length. The number of casts the plan keeps.
+        """
+        with self._cond:
+            keep = max(count, self.sent + 1)
+            del self.plan[keep:]
+            return len(self.plan)
+
     def wait_sent(self, count: int, timeout: float) -> None:
         """Block until count casts are confirmed (or casting failed)."""
         deadline = time.monotonic() + timeout
@@ -420,17 +432,28 @@ class Tapped:
 
     event: Event
     redelivered: bool
+    #: Wall-clock time it arrived (time.time()).
+    at: float = 0.0
 
 
 class ResilientTap(Gathered[Tapped]):
-    """A queue of our own bound to ``<topic>.*``, consumed with reconnects; every event kept."""
+    """A queue of our own bound to ``<topic>.*``, consumed with reconnects; every event kept.
 
-    def __init__(self, url: str, exchange: str, topic: str, *, durable: bool) -> None:
+    Or, given queues, those (the worker's own event queues: on a cluster they are quorum
+    queues, replicated, where a queue of the tap's own would live on one node and lose
+    what was routed while that node was down); they are left in place on close().
+    """
+
+    def __init__(self, url: str, exchange: str, topic: str, *, durable: bool,
+                 queues: list[Queue] | None = None) -> None:
         super().__init__()
         self.url = url
         ex = Exchange(exchange, type="topic", durable=durable, auto_delete=False)
-        self.queue = Queue(f"faults_tap_{uuid.uuid4().hex[:12]}", ex, routing_key=f"{topic}.*",
-                           durable=durable, auto_delete=False)
+        self._own = not queues
+        self.queues = queues or [Queue(f"faults_tap_{uuid.uuid4().hex[:12]}", ex,
+                                       routing_key=f"{topic}.*", durable=durable,
+                                       auto_delete=False)]
+        self.queue = self.queues[0]
         self.undecodable: list[bytes] = []
         self.reconnects = 0
         self.errors: Counter[str] = Counter()
@@ -439,7 +462,9 @@ class ResilientTap(Gathered[Tapped]):
         # Declared and bound before the worker starts: no event can miss it.
         with Connection(url, connect_timeout=5) as conn:
             conn.ensure_connection(max_retries=3, timeout=5)
-            self.queue(conn.channel()).declare()
+            channel = conn.channel()
+            for queue in self.queues:
+                queue(channel).declare()
         self._thread = threading.Thread(target=self._run, name="faults-tap", daemon=True)
         self._thread.start()
         assert self._ready.wait(15), "the event tap did not start consuming"
@@ -453,16 +478,17 @@ class ResilientTap(Gathered[Tapped]):
         if event is None:
             self.undecodable.append(body)
         else:
-            self.add(Tapped(event, bool(message.delivery_info.get("redelivered"))))
+            self.add(Tapped(event, bool(message.delivery_info.get("redelivered")), time.time()))
         message.ack()
 
     def _serve(self) -> None:
         with Connection(self.url, heartbeat=10, connect_timeout=2) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
             channel = conn.channel()
-            queue = self.queue(channel)
-            queue.declare()
-            with Consumer(channel, [queue], on_message=self._received, no_ack=False):
+            queues = [queue(channel) for queue in self.queues]
+            for queue in queues:
+                queue.declare()
+            with Consumer(channel, queues, on_message=self._received, no_ack=False):
                 self._ready.set()
                 drain_until(conn, self._stop)
 
@@ -492,10 +518,10 @@ class ResilientTap(Gathered[Tapped]):
         return self._thread.is_alive()
 
     def close(self, delete: bool = True) -> None:
-        """Stop consuming; delete the queue."""
+        """Stop consuming; delete the queue (a queue of its own only)."""
         self._stop.set()
         self._thread.join(10)
-        if delete:
+        if delete and self._own:
             with contextlib.suppress(Exception), Connection(self.url, connect_timeout=3) as conn:
                 conn.ensure_connection(max_retries=1, timeout=3)
                 conn.channel().queue_delete(self.queue.name)
