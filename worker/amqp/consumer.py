@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from amqp.exceptions import AccessRefused
+from amqp.exceptions import AccessRefused, NotFound
 from kombu import Consumer as KombuConsumer
 from kombu import Message
 
@@ -25,6 +25,8 @@ from worker.messages import Delivery, Settlement
 from worker.retry import reconnecting
 
 log = logs.get(__name__)
+#: Seconds to keep declaring a fanout queue whose old node is still stopping (404).
+STUCK_QUEUE_WAIT = 5.0
 #: Told what clashes with the broker's queues (None once declarations work again).
 OnMismatch = Callable[[TopologyMismatch | None], None]
 
@@ -107,17 +109,8 @@ class Consumer:
 
     def _serve(self, conn: Any) -> None:
         wire = wire_for(conn, self._waker, fast_path=self.cfg.rabbit.fast_path)
-        channel = conn.channel()
-        # global False: the prefetch is per consumer, which is all quorum queues take
-        # (RabbitMQ refuses them a channel-wide QoS).
-        channel.basic_qos(0, self.cfg.rabbit.prefetch_count, False)
-        queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
-        self._host_queue_name = queues[0].name
-        self._cancelled.clear()  # a cancel on the last connection is that one's
-        for q in queues:
-            q.on_cancelled = self._cancelled.append
         try:
-            declare([extra(channel) for extra in declared_only(self.cfg)] + queues)
+            channel, queues = self._declared(conn)
         except TopologyMismatch as exc:
             self._mismatched(exc)
             return
@@ -144,6 +137,36 @@ class Consumer:
         finally:
             self.consuming = False
             self.connected.clear()
+
+    def _declared(self, conn: Any) -> tuple[Any, list[ConsumedQueue]]:
+        """A channel with its prefetch set and every queue declared; the queues, bound to it.
+
+        A 404 on our own transient fanout queue means its node is going (``process is
+        stopped by supervisor``: we reached another node while the last one stopped, and
+        its queue record is not gone yet). That passes within a second or two, so it is
+        declared again on a fresh channel (the 404 closed the old one) instead of costing
+        a reconnect and its backoff.
+        """
+        deadline = time.monotonic() + STUCK_QUEUE_WAIT
+        while True:
+            channel = conn.channel()
+            # global False: the prefetch is per consumer, which is all quorum queues take
+            # (RabbitMQ refuses them a channel-wide QoS).
+            channel.basic_qos(0, self.cfg.rabbit.prefetch_count, False)
+            queues = [q(channel) for q in rpc_queues(self.cfg, self.fanout_unique)]
+            self._host_queue_name = queues[0].name
+            self._cancelled.clear()  # a cancel on the last connection is that one's
+            for q in queues:
+                q.on_cancelled = self._cancelled.append
+            try:
+                declare([extra(channel) for extra in declared_only(self.cfg)] + queues)
+                return channel, queues
+            except NotFound as exc:
+                if self.fanout_unique not in str(exc) or time.monotonic() > deadline:
+                    raise
+                log.info("fanout_queue_on_a_stopping_node_declaring_again",
+                         reason=str(exc)[:200])
+                self._stop.wait(0.2)
 
     def _mismatched(self, exc: TopologyMismatch) -> None:
         """A queue clashes with the broker's: fatal at start; later, disabled until it matches."""
