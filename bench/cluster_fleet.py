@@ -25,7 +25,7 @@ that holds the most worker connections among the nodes this process does not
 use (ties: the one leading most host queues), casts at once to every host and
 times from the stop to each host's end event (first/median/last host); then,
 once the node's process has exited, casts to every host again (only the nodes
-left can serve those) and times them from the exit. Hosts not back within
+left can serve those) and times them from that cast. Hosts not back within
 --failover-timeout are named. Then it starts the node again and waits for it
 to rejoin.
 
@@ -37,18 +37,23 @@ run). The cluster is started (about 30-50 s) and removed in every case.
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import datetime
 import os
 import re
 import signal
-import subprocess
+import sqlite3
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from kombu import Connection, Exchange, Producer
 
+from bench.broker_census import census, ctl_rows, fit
 from bench.common import BROKER, append_result, is_end, machine, median, percentile
 from bench.fleet import Fleet, add_arguments, host_names, run_size
 from bench.fleet_hosts import node_xml
@@ -56,9 +61,9 @@ from tests.broker_cluster import BrokerCluster
 from tests.brokers import PrivateBroker, pid_alive, wait_until
 from worker import logs
 from worker.broker_urls import first_node
+from worker.codec import envelope
 
 NAME, PORT = "cwbench", 5710  # another helper's cluster test uses cwcluster on 5690-5692
-HOSTS_AT = 1000  # the size the linear fit predicts
 
 
 def harness_node(cluster: BrokerCluster, hosts: list[str]) -> int:
@@ -76,65 +81,25 @@ def rotated(cluster: BrokerCluster, first: int) -> str:
     return ";".join(node.url for node in nodes)
 
 
-def _rows(text: str) -> list[list[str]]:
-    return [line.split("\t") for line in text.splitlines() if line.strip()]
+#: request id -> (host, the message's _unique_id: the worker's journal key)
+Casts = dict[str, tuple[str, str]]
 
 
-def _breakdown(node: PrivateBroker) -> dict[str, int]:
-    done = subprocess.run(["rabbitmq-diagnostics", "-n", node.node, "memory_breakdown",
-                           "--formatter", "json"], env=node.env(), capture_output=True,
-                          text=True, timeout=60, check=True)
-    return {k: int(v["bytes"]) for k, v in json.loads(done.stdout).items()}
-
-
-def census(cluster: BrokerCluster, harness: int, topic: str, ours: int) -> dict[str, Any]:
-    """What the cluster holds: queues by type, worker connections and host-queue leaders
-    per node, memory; ours = the harness's own connections on node harness (its counter)."""
-    up = [node for node in cluster.nodes if node.pid() is not None]
-    ask = up[0]
-    index = {node.node: i for i, node in enumerate(cluster.nodes)}
-    queues = _rows(ask.ctl("list_queues", "name", "type", "memory", "messages", "leader",
-                           "-q", "--no-table-headers"))
-    leaders = [0] * len(cluster.nodes)
-    for name, kind, _, _, leader in queues:
-        if kind == "quorum" and name.startswith((f"{topic}.", f"{topic}-alt.")):
-            leaders[index[leader]] += 1
-    by_port = {node.port: i for i, node in enumerate(cluster.nodes)}
-    conns = [0] * len(cluster.nodes)
-    for (port,) in _rows(ask.ctl("list_connections", "port", "-q", "--no-table-headers")):
-        conns[by_port[int(port)]] += 1
-    conns[harness] -= ours
-    totals = re.findall(r"\{'?([\w@.-]+)'?,(\d+)\}", ask.ctl(
-        "eval", "[{N, rpc:call(N, erlang, memory, [total])} || N <- rabbit_nodes:all_running()]."))
-    parts: dict[str, int] = {}
-    for node in up:
-        for key, value in _breakdown(node).items():
-            parts[key] = parts.get(key, 0) + value
-    of = {kind: [int(q[2]) for q in queues if q[1] == kind] for kind in ("quorum", "classic")}
-    return {
-        "quorum": len(of["quorum"]), "classic": len(of["classic"]),
-        "quorum_leader_mem": sum(of["quorum"]), "classic_mem": sum(of["classic"]),
-        "messages": sum(int(q[3]) for q in queues), "conns": conns, "leaders": leaders,
-        "mem_nodes": {name: int(total) for name, total in totals},
-        "mem": sum(int(total) for _, total in totals),
-        "mem_conn": sum(v for k, v in parts.items() if k.startswith("connection_")),
-        "mem_quorum": parts.get("quorum_queue_procs", 0) + parts.get("quorum_ets", 0),
-        "mem_classic": parts.get("queue_procs", 0),
-    }
-
-
-def _cast_all(fleet: Fleet, producer: Producer, uid: str) -> dict[str, str]:
-    """One pause cast to every host; request id -> host."""
-    wanted = {f"req-{uuid.uuid4()}": cfg.host for cfg in fleet.cfgs}
+def _cast_all(fleet: Fleet, producer: Producer, uid: str) -> Casts:
+    """One pause cast to every host."""
+    wanted: Casts = {}
     exchange = Exchange(fleet.exchange, type="topic", durable=fleet.durable)
-    for rid, host in wanted.items():
-        producer.publish(fleet.body(uid, "pause_instance", rid), exchange=exchange,
-                         routing_key=f"{fleet.topic}.{host}", content_type="application/json",
-                         content_encoding="utf-8", delivery_mode=2)
+    for cfg in fleet.cfgs:
+        rid = f"req-{uuid.uuid4()}"
+        body = fleet.body(uid, "pause_instance", rid)
+        wanted[rid] = (cfg.host, envelope.unwrap(body, 1 << 20)["_unique_id"])
+        producer.publish(body, exchange=exchange, routing_key=f"{fleet.topic}.{cfg.host}",
+                         content_type="application/json", content_encoding="utf-8",
+                         delivery_mode=2)
     return wanted
 
 
-def _ends(fleet: Fleet, wanted: dict[str, str], timeout: float) -> dict[str, float]:
+def _ends(fleet: Fleet, wanted: Casts, timeout: float) -> dict[str, float]:
     """request id -> arrival of its end (or error) event, for those that came in timeout."""
     got: dict[str, float] = {}
     deadline = time.monotonic() + timeout
@@ -149,17 +114,85 @@ def _ends(fleet: Fleet, wanted: dict[str, str], timeout: float) -> dict[str, flo
     return got
 
 
-def _spread(prefix: str, since: float, wanted: dict[str, str], got: dict[str, float]
+def _spread(prefix: str, since: float, wanted: Casts, got: dict[str, float]
             ) -> dict[str, Any]:
     times = sorted(at - since for at in got.values())
-    missing = sorted(host for rid, host in wanted.items() if rid not in got)
+    missing = sorted(host for rid, (host, _) in wanted.items() if rid not in got)
     return {f"{prefix}_first": times[0] if times else None,
             f"{prefix}_median": median(times) if times else None,
             f"{prefix}_last": times[-1] if times and not missing else None,
             f"{prefix}_missing": missing}
 
 
-def failover(fleet: Fleet, cluster: BrokerCluster, target: int, uid: str,
+def _round(fleet: Fleet, uid: str, timeout: float, lost: list[str],
+           first: Callable[[], None] | None = None) -> tuple[float, Casts, dict[str, float]]:
+    """On a new connection: first() (the stop), a cast to every host, their end events;
+    (the time first() returned, the casts, request id -> its end event's arrival).
+
+    A connection the broker closes under the casts is noted in lost, and the
+    round cast again on a new one (first() is not done twice).
+    """
+    for _attempt in range(3):
+        conn = Connection(fleet.url)
+        try:
+            producer = Producer(conn.channel())
+            if first is not None:
+                first()
+                first = None
+            started = time.perf_counter()
+            wanted = _cast_all(fleet, producer, uid)
+            # Without confirms (a confirm from a queue whose leader just went would hold
+            # up the casts behind it), so the connection stays open until all answered.
+            return started, wanted, _ends(fleet, wanted, timeout)
+        except (*conn.connection_errors, *conn.channel_errors) as exc:
+            lost.append(f"{type(exc).__name__}: {exc}"[:200])
+        finally:
+            with contextlib.suppress(Exception):
+                conn.release()
+    raise RuntimeError(f"the caster's connection to the cluster failed 3 times: {lost}")
+
+
+def _log_lines(node: PrivateBroker, since: str) -> list[str]:
+    """The lines of node's log from since (its time stamp, UTC) on that tell of errors."""
+    lines = node.log_file.read_text(errors="replace").splitlines()
+    return [line[:300] for line in lines if line[:26] >= since
+            and re.search(r"\[(error|warning)\]|closing AMQP connection", line)]
+
+
+def _why(fleet: Fleet, cluster: BrokerCluster, wanted: Casts, got: dict[str, float]
+         ) -> list[str]:
+    """For each host whose cast was not served: what the counter, the broker and the
+    host's journal say of it, and which nodes its connections started on."""
+    rows: dict[str, list[str]] = {}
+    missing = {rid: item for rid, item in wanted.items() if rid not in got}
+    if missing:
+        ask = next(node for node in cluster.nodes if node.pid() is not None)
+        rows = {row[0]: row[1:] for row in ctl_rows(ask.ctl(
+            "list_queues", "name", "messages_ready", "messages_unacknowledged", "leader",
+            "-q", "--no-table-headers"))}
+    cfgs = {cfg.host: cfg for cfg in fleet.cfgs}
+    said = []
+    for rid, (host, unique) in missing.items():
+        with fleet.counter._cond:
+            kinds = [kind for kind, items in fleet.counter.arrivals.items() for _, e in items
+                     if e["payload"].get("nova_object.data", {}).get("request_id") == rid]
+        path = Path(cfgs[host].state_dir) / "journal.sqlite3"
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                row = db.execute("SELECT outgoing FROM journal WHERE id = ?",
+                                 (unique,)).fetchone()
+            journal = "not in its journal" if row is None else f"journal: {row[0][:160]}"
+        except sqlite3.Error as exc:
+            journal = f"journal unreadable ({exc})"
+        ready, unacked, leader = rows.get(f"{fleet.topic}.{host}", ["?", "?", "?"])
+        nodes = [cluster.nodes[first_node(cluster.oslo_url, host, r)].node for r in (0, 1)]
+        said.append(f"{host} (consumer started on {nodes[0]}, publisher on {nodes[1]}): "
+                    f"events for its cast {kinds or 'none'}; its queue {ready} ready, "
+                    f"{unacked} unacked, leader {leader}; {journal}")
+    return said
+
+
+def failover(fleet: Fleet, cluster: BrokerCluster, target: int, harness: int, uid: str,
              timeout: float) -> dict[str, Any]:
     """Stop node target; cast to every host at once, and again once the node has exited.
 
@@ -171,26 +204,33 @@ def failover(fleet: Fleet, cluster: BrokerCluster, target: int, uid: str,
     node = cluster.nodes[target]
     pid = node.pid()
     assert pid is not None, f"{node.node} is not running"
-    # Published without confirms (a confirm from a queue whose leader just went would
-    # hold up the casts behind it); the connection stays open until every host answered.
-    with Connection(fleet.url) as conn:
-        producer = Producer(conn.channel())
-        stopped = time.perf_counter()
+    since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    lost: list[str] = []
+    stop = [0.0]
+    exits: list[float] = []
+
+    def watch() -> None:
+        while pid_alive(pid):
+            time.sleep(0.01)
+        exits.append(time.perf_counter())
+
+    def stopping() -> None:
+        stop[0] = time.perf_counter()
         os.kill(pid, signal.SIGTERM)  # RabbitMQ's graceful stop, as `rabbitmqctl stop`
-        at_stop = _cast_all(fleet, producer, uid)
-        published = time.perf_counter()
-        got = _ends(fleet, at_stop, timeout)
-        wait_until(lambda: not pid_alive(pid), 60, f"{node.node} to exit", interval=0.01)
-        exited = time.perf_counter()
-        at_exit = _cast_all(fleet, producer, uid)
-        got_after = _ends(fleet, at_exit, timeout)
+        threading.Thread(target=watch, daemon=True).start()
+
+    _, at_stop, got = _round(fleet, uid, timeout, lost, first=stopping)
+    why = _why(fleet, cluster, at_stop, got)
+    exited = wait_until(lambda: exits and exits[0], 60, f"{node.node} to exit")
+    cast_again, at_exit, got_after = _round(fleet, uid, timeout, lost)
     began = time.perf_counter()
     node.start()
     wait_until(lambda: len(cluster.running()) == len(cluster.nodes), 120, "the node to rejoin")
-    return {"stopped_node": node.node, "exit_s": exited - stopped,
-            "publish_s": published - stopped, "rejoin_s": time.perf_counter() - began,
-            **_spread("fail", stopped, at_stop, got),
-            **_spread("after_exit", exited, at_exit, got_after)}
+    return {"stopped_node": node.node, "exit_s": exited - stop[0],
+            "rejoin_s": time.perf_counter() - began, "caster_lost": lost, "why": why,
+            "harness_log": _log_lines(cluster.nodes[harness], since) if lost else [],
+            **_spread("fail", stop[0], at_stop, got),
+            **_spread("after_exit", cast_again, at_exit, got_after)}
 
 
 def cluster_size(cluster: BrokerCluster, n: int, node: str, tmp: str, uuids: list[str],
@@ -209,7 +249,7 @@ def cluster_size(cluster: BrokerCluster, n: int, node: str, tmp: str, uuids: lis
     def after(fleet: Fleet) -> dict[str, Any]:
         others = [i for i in range(len(cluster.nodes)) if i != harness]
         target = max(others, key=lambda i: (counted["conns"][i], counted["leaders"][i]))
-        return failover(fleet, cluster, target, uuids[0], ns.failover_timeout)
+        return failover(fleet, cluster, target, harness, uuids[0], ns.failover_timeout)
 
     try:
         return run_size(fleet, uuids, ns, idle=idle, after=after)
@@ -246,10 +286,16 @@ def report(single: dict[str, Any], clustered: dict[str, Any], ns: argparse.Names
           f"off the harness's node); cast at the stop: every host served after "
           f"{_ms(clustered['fail_last'])} ms (first {_ms(clustered['fail_first'])}, median "
           f"{_ms(clustered['fail_median'])}); node exited at {clustered['exit_s'] * 1000:.0f}"
-          f" ms; cast then: every host served {_ms(clustered['after_exit_last'])} ms after "
-          f"the exit (first {_ms(clustered['after_exit_first'])}, median "
+          f" ms; cast again after that: every host served {_ms(clustered['after_exit_last'])}"
+          f" ms after that cast (first {_ms(clustered['after_exit_first'])}, median "
           f"{_ms(clustered['after_exit_median'])}); rejoined in {clustered['rejoin_s']:.0f}s"
           + (f"; NOT BACK in {ns.failover_timeout:.0f}s: {gone}" if gone else ""), flush=True)
+    for text in clustered["why"]:
+        print(f"      not served: {text}")
+    for text in clustered["caster_lost"]:
+        print(f"      the broker closed the caster's connection: {text}; "
+              f"{clustered['harness']}'s log then:")
+        print("\n".join(f"        {line}" for line in clustered["harness_log"][-12:]), flush=True)
     return (f"N={n}: {clustered['throughput']:.0f}/s ({ratio['throughput']:.2f}), p50 "
             f"{percentile(clustered['latency'], 50):.1f} ({p50:.2f})/p99 "
             f"{percentile(clustered['latency'], 99):.1f} ({p99:.2f}) ms, fanout "
@@ -259,47 +305,12 @@ def report(single: dict[str, Any], clustered: dict[str, Any], ns: argparse.Names
             f"{c['mem'] / 2**20:.0f} MiB")
 
 
-def fit(empty: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The line through the two largest sizes' census: per host, per item, at HOSTS_AT."""
-    (small, a), (big, b) = [(r["n"], r["census"]) for r in rows[-2:]]
-    hosts: int = big - small
-
-    def per(key: str, count: str | None = None) -> float:
-        spread: int = hosts if count is None else max(1, b[count] - a[count])
-        return float(b[key] - a[key]) / spread
-
-    conns = (sum(b["conns"]) - sum(a["conns"])) / hosts
-    b_conns, a_conns = sum(b["conns"]), sum(a["conns"])
-    per_conn = (b["mem_conn"] - a["mem_conn"]) / max(1, b_conns - a_conns)
-    at = b["mem"] + per("mem") * (HOSTS_AT - big)
-    lines = [
-        f"fit N={small}..{big}: per host {per('quorum'):.2f} quorum queues, "
-        f"{per('classic'):.2f} classic, {conns:.2f} connections; broker memory "
-        f"{per('mem') / 1024:.0f} KiB/host (three nodes together; N=0: "
-        f"{empty['mem'] / 2**20:.0f} MiB, N={small}: {a['mem'] / 2**20:.0f}, N={big}: "
-        f"{b['mem'] / 2**20:.0f})",
-        f"  memory_breakdown: {per_conn / 1024:.0f} KiB per connection, "
-        f"{per('mem_quorum', 'quorum') / 1024:.0f} KiB per quorum queue (its 3 replicas), "
-        f"{per('mem_classic', 'classic') / 1024:.0f} KiB per classic queue; list_queues "
-        f"memory (leader process) {per('quorum_leader_mem', 'quorum') / 1024:.0f} KiB per "
-        f"quorum, {per('classic_mem', 'classic') / 1024:.0f} KiB per classic",
-        f"  at {HOSTS_AT} hosts: {per('quorum') * HOSTS_AT:.0f} quorum + "
-        f"{per('classic') * HOSTS_AT:.0f} classic queues, {conns * HOSTS_AT:.0f} connections, "
-        f"about {at / 2**20:.0f} MiB of broker memory over the three nodes",
-    ]
-    print("\n".join(lines), flush=True)
-    return (f"{per('mem') / 1024:.0f} KiB broker memory/host, {per_conn / 1024:.0f} KiB/conn, "
-            f"{per('mem_quorum', 'quorum') / 1024:.0f} KiB/quorum queue, "
-            f"{per('mem_classic', 'classic') / 1024:.0f} KiB/classic; {HOSTS_AT} hosts "
-            f"~{at / 2**20:.0f} MiB")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, "1,10,50")
     parser.add_argument("--single-queues", choices=("quorum", "classic"), default="quorum",
                         help="queue type of the one-node baseline (the cluster: quorum)")
-    parser.add_argument("--failover-timeout", type=float, default=120.0,
+    parser.add_argument("--failover-timeout", type=float, default=60.0,
                         help="seconds every host has to serve a cast after the stop")
     ns = parser.parse_args()
     logs.setup("error")
