@@ -65,7 +65,7 @@ def census(cluster: BrokerCluster, harness: int, topic: str, ours: int) -> dict[
         "mem": sum(int(total) for _, total in totals),
         "mem_conn": sum(v for k, v in parts.items() if k.startswith("connection_")),
         "mem_quorum": parts.get("quorum_queue_procs", 0) + parts.get("quorum_ets", 0),
-        "mem_classic": parts.get("queue_procs", 0),
+        "mem_classic": parts.get("queue_procs", 0), "breakdown": parts,
     }
 
 
@@ -82,6 +82,8 @@ def fit(empty: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     b_conns, a_conns = sum(b["conns"]), sum(a["conns"])
     per_conn = (b["mem_conn"] - a["mem_conn"]) / max(1, b_conns - a_conns)
     at = b["mem"] + per("mem") * (HOSTS_AT - big)
+    growth = sorted(((key, b["breakdown"][key] - a["breakdown"].get(key, 0))
+                     for key in b["breakdown"]), key=lambda item: -item[1])
     lines = [
         f"fit N={small}..{big}: per host {per('quorum'):.2f} quorum queues, "
         f"{per('classic'):.2f} classic, {conns:.2f} connections; broker memory "
@@ -96,6 +98,9 @@ def fit(empty: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"  at {HOSTS_AT} hosts: {per('quorum') * HOSTS_AT:.0f} quorum + "
         f"{per('classic') * HOSTS_AT:.0f} classic queues, {conns * HOSTS_AT:.0f} connections, "
         f"about {at / 2**20:.0f} MiB of broker memory over the three nodes",
+        f"  messages held at idle (events nobody consumed): N={small} {a['messages']}, "
+        f"N={big} {b['messages']}; memory_breakdown per host, largest: " + ", ".join(
+            f"{key} {delta / hosts / 1024:.0f} KiB" for key, delta in growth[:6]),
     ]
     print("\n".join(lines), flush=True)
     return (f"{per('mem') / 1024:.0f} KiB broker memory/host, {per_conn / 1024:.0f} KiB/conn, "
