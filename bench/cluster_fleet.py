@@ -41,6 +41,7 @@ import contextlib
 import datetime
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import tempfile
@@ -55,8 +56,8 @@ from kombu import Connection, Exchange, Producer
 
 from bench.broker_census import census, ctl_rows, fit
 from bench.common import BROKER, append_result, is_end, machine, median, percentile
-from bench.fleet import Fleet, add_arguments, host_names, run_size
-from bench.fleet_hosts import node_xml
+from bench.fleet import Fleet, add_arguments, run_size
+from bench.fleet_hosts import host_names, node_xml
 from tests.broker_cluster import BrokerCluster
 from tests.brokers import PrivateBroker, pid_alive, wait_until
 from worker import logs
@@ -233,6 +234,24 @@ def failover(fleet: Fleet, cluster: BrokerCluster, target: int, harness: int, ui
             **_spread("after_exit", cast_again, at_exit, got_after)}
 
 
+def post_mortem(cluster: BrokerCluster, topic: str) -> None:
+    """What the broker holds of a fleet that failed, and its nodes' logs kept in /tmp."""
+    with contextlib.suppress(Exception):
+        ask = next(node for node in cluster.nodes if node.pid() is not None)
+        queues = [row for row in ctl_rows(ask.ctl(
+            "list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers",
+            "leader", "-q", "--no-table-headers")) if row[0].startswith(topic)]
+        print(f"post mortem: {len(queues)} queues of {topic}; ready "
+              f"{sum(int(q[1]) for q in queues)}, unacked {sum(int(q[2]) for q in queues)}, "
+              f"without a consumer {[q[0] for q in queues if q[3] == '0']}; the fullest: "
+              f"{sorted(queues, key=lambda q: -int(q[1]) - int(q[2]))[:5]}", flush=True)
+    kept = Path(tempfile.mkdtemp(prefix="cwbench-logs-"))
+    for node in cluster.nodes:
+        with contextlib.suppress(OSError):
+            shutil.copy(node.log_file, kept / node.log_file.name)
+    print(f"post mortem: the nodes' logs are kept in {kept}", flush=True)
+
+
 def cluster_size(cluster: BrokerCluster, n: int, node: str, tmp: str, uuids: list[str],
                  ns: argparse.Namespace) -> dict[str, Any]:
     """run_size on the cluster, with the census at idle and the failover at the end."""
@@ -252,7 +271,8 @@ def cluster_size(cluster: BrokerCluster, n: int, node: str, tmp: str, uuids: lis
         return failover(fleet, cluster, target, harness, uuids[0], ns.failover_timeout)
 
     try:
-        return run_size(fleet, uuids, ns, idle=idle, after=after)
+        return run_size(fleet, uuids, ns, idle=idle, after=after,
+                        failed=lambda fleet: post_mortem(cluster, fleet.topic))
     finally:  # a failover that failed half-way must not leave the next size two nodes
         for member in cluster.nodes:
             if member.pid() is None:

@@ -49,7 +49,7 @@ from bench.common import (
     percentile,
     raw_round_trip,
 )
-from bench.fleet_hosts import cpu_and_wakeups, flat_values, node_xml, rss_kib
+from bench.fleet_hosts import cpu_and_wakeups, flat_values, host_names, node_xml, rss_kib
 from tests.brokers import delete_names, notification_names
 from worker import logs
 from worker.amqp.topology import durable
@@ -76,14 +76,6 @@ def wait_events(counter: EventCounter, predicate: Callable[[str], bool], n: int,
                                    "RabbitMQ restarted?); events since then are lost") from None
             if time.monotonic() >= deadline:
                 raise
-
-
-# --- the bench side ---------------------------------------------------------------------------
-
-
-def host_names(tag: str, n: int) -> list[str]:
-    """The host names of a fleet (bench.cluster_fleet predicts their broker nodes from them)."""
-    return [f"fl{tag}-{i}" for i in range(n)]
 
 
 class Fleet:
@@ -293,10 +285,12 @@ Extra = Callable[[Fleet], dict[str, Any]]
 
 
 def run_size(fleet: Fleet, uuids: list[str], ns: argparse.Namespace, *,
-             idle: Extra | None = None, after: Extra | None = None) -> dict[str, Any]:
+             idle: Extra | None = None, after: Extra | None = None,
+             failed: Callable[[Fleet], object] | None = None) -> dict[str, Any]:
     """Every figure for one fleet, which is closed afterwards.
 
-    idle runs while the fleet is idle, before any load; after, at the end.
+    idle runs while the fleet is idle, before any load; after, at the end;
+    failed, when a measurement raised, before the fleet is closed.
     """
     n = fleet.n
     figures: dict[str, Any] = {"n": n, "procs": len(fleet.procs), "start_s": fleet.start_s}
@@ -324,6 +318,10 @@ def run_size(fleet: Fleet, uuids: list[str], ns: argparse.Namespace, *,
         figures["direct"] = median(direct)
         figures["cpu_per_fanout_host"] = median(fan_cpu)
         figures.update(after(fleet) if after else {})
+    except BaseException:
+        if failed:
+            failed(fleet)
+        raise
     finally:
         figures.update(fleet.close())
     return figures

@@ -49,6 +49,11 @@ def node_xml(path: str, count: int, *, prefix: str = "d", uuids: list[str] | Non
     return uuids
 
 
+def host_names(tag: str, n: int) -> list[str]:
+    """The host names of a fleet (bench.cluster_fleet predicts their broker nodes from them)."""
+    return [f"fl{tag}-{i}" for i in range(n)]
+
+
 def kombu_url(transport_url: str) -> str:
     """A transport URL as kombu reads it: oslo's comma form becomes kombu's `;` list."""
     return ";".join(node_urls(transport_url))
