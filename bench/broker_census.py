@@ -3,7 +3,8 @@ through two fleet sizes (bench.cluster_fleet's census and fit).
 
 rabbitmqctl list_queues (name, type, memory, messages, leader) and
 list_connections (port: which node), erlang:memory(total) of every running
-node (one eval), and rabbitmq-diagnostics memory_breakdown of each: its
+node (one eval, after a garbage collection of every process on every node),
+and rabbitmq-diagnostics memory_breakdown of each: its
 connection_* categories over the connections, quorum_queue_procs + quorum_ets
 over the quorum queues (all replicas), queue_procs over the classic ones.
 """
@@ -50,6 +51,8 @@ def census(cluster: BrokerCluster, harness: int, topic: str, ours: int) -> dict[
     for (port,) in ctl_rows(ask.ctl("list_connections", "port", "-q", "--no-table-headers")):
         conns[by_port[int(port)]] += 1
     conns[harness] -= ours
+    for node in up:  # garbage left by the declarations is not what a host costs
+        node.ctl("eval", "[garbage_collect(P) || P <- processes()], ok.")
     totals = re.findall(r"\{'?([\w@.-]+)'?,(\d+)\}", ask.ctl(
         "eval", "[{N, rpc:call(N, erlang, memory, [total])} || N <- rabbit_nodes:all_running()]."))
     parts: dict[str, int] = {}
