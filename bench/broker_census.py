@@ -7,6 +7,7 @@ node (one eval, after a garbage collection of every process on every node),
 and rabbitmq-diagnostics memory_breakdown of each: its
 connection_* categories over the connections, quorum_queue_procs + quorum_ets
 over the quorum queues (all replicas), queue_procs over the classic ones.
+Also where a fleet's connections go: harness_node, the node it leaves emptiest.
 """
 
 from __future__ import annotations
@@ -18,8 +19,24 @@ from typing import Any
 
 from tests.broker_cluster import BrokerCluster
 from tests.brokers import PrivateBroker
+from worker.broker_urls import first_node
 
 HOSTS_AT = 1000  # the size the linear fit predicts
+
+
+def harness_node(cluster: BrokerCluster, hosts: list[str]) -> int:
+    """The node the hash gives the fewest worker connections (consumer and publisher)."""
+    load = [0] * len(cluster.nodes)
+    for host in hosts:
+        for role in (0, 1):
+            load[first_node(cluster.oslo_url, host, role)] += 1
+    return load.index(min(load))
+
+
+def rotated(cluster: BrokerCluster, first: int) -> str:
+    """kombu's `;` URL of the cluster, starting at node first."""
+    nodes = cluster.nodes[first:] + cluster.nodes[:first]
+    return ";".join(node.url for node in nodes)
 
 
 def ctl_rows(text: str) -> list[list[str]]:

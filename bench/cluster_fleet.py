@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import os
 import re
 import shutil
@@ -54,7 +55,7 @@ from typing import Any
 
 from kombu import Connection, Exchange, Producer
 
-from bench.broker_census import census, ctl_rows, fit
+from bench.broker_census import census, ctl_rows, fit, harness_node, rotated
 from bench.common import BROKER, append_result, is_end, machine, median, percentile
 from bench.fleet import Fleet, add_arguments, run_size
 from bench.fleet_hosts import host_names, node_xml
@@ -65,21 +66,6 @@ from worker.broker_urls import first_node
 from worker.codec import envelope
 
 NAME, PORT = "cwbench", 5710  # another helper's cluster test uses cwcluster on 5690-5692
-
-
-def harness_node(cluster: BrokerCluster, hosts: list[str]) -> int:
-    """The node the hash gives the fewest worker connections (consumer and publisher)."""
-    load = [0] * len(cluster.nodes)
-    for host in hosts:
-        for role in (0, 1):
-            load[first_node(cluster.oslo_url, host, role)] += 1
-    return load.index(min(load))
-
-
-def rotated(cluster: BrokerCluster, first: int) -> str:
-    """kombu's `;` URL of the cluster, starting at node first."""
-    nodes = cluster.nodes[first:] + cluster.nodes[:first]
-    return ";".join(node.url for node in nodes)
 
 
 #: request id -> (host, the message's _unique_id: the worker's journal key)
@@ -100,19 +86,46 @@ def _cast_all(fleet: Fleet, producer: Producer, uid: str) -> Casts:
     return wanted
 
 
-def _ends(fleet: Fleet, wanted: Casts, timeout: float) -> dict[str, float]:
-    """request id -> arrival of its end (or error) event, for those that came in timeout."""
+def _ends(fleet: Fleet, wanted: Casts, timeout: float, pump: Callable[[], None]
+          ) -> dict[str, float]:
+    """request id -> arrival of its end (or error) event, for those that came in timeout;
+    pump() (a short wait for the caster's confirms) between looks."""
     got: dict[str, float] = {}
     deadline = time.monotonic() + timeout
-    with fleet.counter._cond:
-        while len(got) < len(wanted) and time.monotonic() < deadline:
+    while len(got) < len(wanted) and time.monotonic() < deadline:
+        with fleet.counter._cond:
             for kind, items in fleet.counter.arrivals.items():
                 for at, event in items if is_end(kind) else ():
                     rid = event["payload"]["nova_object.data"].get("request_id")
                     if rid in wanted and rid not in got:
                         got[rid] = at
-            fleet.counter._cond.wait(0.2)
+        pump()
     return got
+
+
+def _confirmed(channel: Any) -> dict[int, str]:
+    """Delivery tag -> "ack" or "nack" as the broker confirms the channel's publishes.
+
+    Confirm mode, but no publish waits for its confirm (one from a queue whose
+    leader just went would hold up the casts behind it): they are read as they come.
+    """
+    verdicts: dict[int, str] = {}
+
+    def mark(verdict: str) -> Callable[[int, bool], None]:
+        def on(tag: int, multiple: bool) -> None:
+            for earlier in range(1, tag + 1) if multiple else (tag,):
+                verdicts.setdefault(earlier, verdict)
+        return on
+
+    channel.confirm_select()
+    channel.events["basic_ack"].add(mark("ack"))
+    channel.events["basic_nack"].add(mark("nack"))
+    return verdicts
+
+
+def _drain(conn: Connection) -> None:  # for the confirms
+    with contextlib.suppress(TimeoutError):
+        conn.drain_events(timeout=0.2)
 
 
 def _spread(prefix: str, since: float, wanted: Casts, got: dict[str, float]
@@ -126,9 +139,11 @@ def _spread(prefix: str, since: float, wanted: Casts, got: dict[str, float]
 
 
 def _round(fleet: Fleet, uid: str, timeout: float, lost: list[str],
-           first: Callable[[], None] | None = None) -> tuple[float, Casts, dict[str, float]]:
+           first: Callable[[], None] | None = None
+           ) -> tuple[float, Casts, dict[str, float], dict[str, str]]:
     """On a new connection: first() (the stop), a cast to every host, their end events;
-    (the time first() returned, the casts, request id -> its end event's arrival).
+    (the time first() returned, the casts, request id -> its end event's arrival,
+    request id -> the broker's confirm of the cast: ack, nack or none).
 
     A connection the broker closes under the casts is noted in lost, and the
     round cast again on a new one (first() is not done twice).
@@ -136,15 +151,18 @@ def _round(fleet: Fleet, uid: str, timeout: float, lost: list[str],
     for _attempt in range(3):
         conn = Connection(fleet.url)
         try:
-            producer = Producer(conn.channel())
+            channel = conn.channel()
+            verdicts = _confirmed(channel)
+            producer = Producer(channel)
             if first is not None:
                 first()
                 first = None
             started = time.perf_counter()
             wanted = _cast_all(fleet, producer, uid)
-            # Without confirms (a confirm from a queue whose leader just went would hold
-            # up the casts behind it), so the connection stays open until all answered.
-            return started, wanted, _ends(fleet, wanted, timeout)
+            got = _ends(fleet, wanted, timeout, functools.partial(_drain, conn))
+            # Delivery tags count the channel's publishes from 1, in _cast_all's order.
+            said = {rid: verdicts.get(tag, "none") for tag, rid in enumerate(wanted, 1)}
+            return started, wanted, got, said
         except (*conn.connection_errors, *conn.channel_errors) as exc:
             lost.append(f"{type(exc).__name__}: {exc}"[:200])
         finally:
@@ -160,8 +178,8 @@ def _log_lines(node: PrivateBroker, since: str) -> list[str]:
             and re.search(r"\[(error|warning)\]|closing AMQP connection", line)]
 
 
-def _why(fleet: Fleet, cluster: BrokerCluster, wanted: Casts, got: dict[str, float]
-         ) -> list[str]:
+def _why(fleet: Fleet, cluster: BrokerCluster, wanted: Casts, got: dict[str, float],
+         verdicts: dict[str, str]) -> list[str]:
     """For each host whose cast was not served: what the counter, the broker and the
     host's journal say of it, and which nodes its connections started on."""
     rows: dict[str, list[str]] = {}
@@ -189,7 +207,8 @@ def _why(fleet: Fleet, cluster: BrokerCluster, wanted: Casts, got: dict[str, flo
         nodes = [cluster.nodes[first_node(cluster.oslo_url, host, r)].node for r in (0, 1)]
         said.append(f"{host} (consumer started on {nodes[0]}, publisher on {nodes[1]}): "
                     f"events for its cast {kinds or 'none'}; its queue {ready} ready, "
-                    f"{unacked} unacked, leader {leader}; {journal}")
+                    f"{unacked} unacked, leader {leader}; {journal}; the broker's confirm of the "
+                    f"cast: {verdicts[rid]}")
     return said
 
 
@@ -207,23 +226,22 @@ def failover(fleet: Fleet, cluster: BrokerCluster, target: int, harness: int, ui
     assert pid is not None, f"{node.node} is not running"
     since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
     lost: list[str] = []
-    stop = [0.0]
-    exits: list[float] = []
+    stop, exits = [0.0], [0.0]  # the stop's and the node's exit's perf_counter
 
     def watch() -> None:
         while pid_alive(pid):
             time.sleep(0.01)
-        exits.append(time.perf_counter())
+        exits[0] = time.perf_counter()
 
     def stopping() -> None:
         stop[0] = time.perf_counter()
         os.kill(pid, signal.SIGTERM)  # RabbitMQ's graceful stop, as `rabbitmqctl stop`
         threading.Thread(target=watch, daemon=True).start()
 
-    _, at_stop, got = _round(fleet, uid, timeout, lost, first=stopping)
-    why = _why(fleet, cluster, at_stop, got)
-    exited = wait_until(lambda: exits and exits[0], 60, f"{node.node} to exit")
-    cast_again, at_exit, got_after = _round(fleet, uid, timeout, lost)
+    _, at_stop, got, verdicts = _round(fleet, uid, timeout, lost, first=stopping)
+    why = _why(fleet, cluster, at_stop, got, verdicts)
+    exited = wait_until(lambda: exits[0], 60, f"{node.node} to exit")
+    cast_again, at_exit, got_after, _ = _round(fleet, uid, timeout, lost)
     began = time.perf_counter()
     node.start()
     wait_until(lambda: len(cluster.running()) == len(cluster.nodes), 120, "the node to rejoin")
