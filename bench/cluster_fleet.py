@@ -339,7 +339,8 @@ def report(single: dict[str, Any], clustered: dict[str, Any], ns: argparse.Names
             f"{percentile(clustered['latency'], 99):.1f} ({p99:.2f}) ms, fanout "
             f"{clustered['fanout_all']:.0f} ms ({ratio['fanout_all']:.2f}), failover "
             f"{_ms(clustered['fail_first'])}/{_ms(clustered['fail_median'])}/"
-            f"{_ms(clustered['fail_last'])} ms (exit +{_ms(clustered['after_exit_last'])} ms), "
+            f"{_ms(clustered['fail_last'])} ms (a cast after the exit: all in "
+            f"{_ms(clustered['after_exit_last'])} ms), "
             f"{c['mem'] / 2**20:.0f} MiB")
 
 
