@@ -40,24 +40,29 @@ def bench_config(tmp: str, **overrides: Any) -> Config:
 
 
 class EventCounter:
-    """Counts events on <topic>.* of an exchange and keeps each one's arrival time."""
+    """Counts events on <topic>.* of an exchange and keeps each one's arrival time.
 
-    def __init__(self, url: str, exchange: str, topic: str) -> None:
+    durable: the exchange's flag as the workers declare it (durable with quorum
+    queues); the counter may declare it first, and a mismatch is a 406 for them.
+    """
+
+    def __init__(self, url: str, exchange: str, topic: str, *, durable: bool = False) -> None:
         self.arrivals: dict[str, list[tuple[float, dict[str, Any]]]] = {}
         self.count_by_type: dict[str, int] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
         ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(url, exchange, topic, ready),
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run,
+                                        args=(url, exchange, topic, durable, ready), daemon=True)
         self._thread.start()
         ready.wait(10)
 
-    def _run(self, url: str, exchange: str, topic: str, ready: threading.Event) -> None:
+    def _run(self, url: str, exchange: str, topic: str, durable: bool,
+             ready: threading.Event) -> None:
         with Connection(url) as conn:
             channel = conn.channel()
             channel.basic_qos(0, 1000, False)
-            ex = Exchange(exchange, type="topic", durable=False, auto_delete=False)
+            ex = Exchange(exchange, type="topic", durable=durable, auto_delete=False)
             queue = Queue(f"count_{uuid.uuid4().hex}", ex, routing_key=f"{topic}.*",
                           exclusive=True, auto_delete=True)(channel)
             queue.declare()

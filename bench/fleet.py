@@ -10,7 +10,7 @@ cast on the fanout exchange takes to produce an end event from all N hosts
 (beside one direct cast to one host, in the same run). Baselines in the same
 run: the raw broker round trip (measured as bench/latency.py does) and the N=1 row.
 
-Layout: the workers run in a few `python -m bench.fleet --serve` subprocesses
+Layout: the workers run in a few `python -m bench.fleet_hosts` subprocesses
 (default one per core), the harness (publisher and event counter) in this
 one. Measured while writing this on 2 cores, N=100: all in one process is
 402 threads and 705 file descriptors (the worker waits with select(), which
@@ -26,22 +26,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from kombu import Connection, Exchange, Producer
-from lxml import etree
 
 from bench.common import (
     BROKER,
@@ -54,35 +49,13 @@ from bench.common import (
     percentile,
     raw_round_trip,
 )
-from tests.brokers import delete_names, notification_names, service_names
-from worker import config as config_mod
+from bench.fleet_hosts import cpu_and_wakeups, flat_values, host_names, node_xml, rss_kib
+from tests.brokers import delete_names, notification_names
 from worker import logs
+from worker.amqp.topology import durable
 from worker.codec import envelope
-from worker.config import Config
-from worker.service import Service
-from worker.virt.domain_xml import DomainSpec, domain
 
 PROCS = os.cpu_count() or 2
-
-
-def node_xml(path: str, count: int, *, prefix: str = "d", uuids: list[str] | None = None
-             ) -> list[str]:
-    """Write a libvirt test-driver node file with count running domains; their UUIDs.
-
-    Opening test:///<path> gives each connection its own private copy of this
-    node (domains defined in it start out running).
-    """
-    uuids = uuids or [str(uuid.uuid4()) for _ in range(count)]
-    node = etree.Element("node")
-    cpu = etree.SubElement(node, "cpu")
-    for tag, text in (("mhz", "2000"), ("model", "bench"), ("active", "2"), ("nodes", "1"),
-                      ("sockets", "1"), ("cores", "2"), ("threads", "1")):
-        etree.SubElement(cpu, tag).text = text
-    etree.SubElement(node, "memory").text = str(64 * 1024 * 1024)  # KiB
-    for number, uid in enumerate(uuids):
-        node.append(domain(DomainSpec(f"{prefix}-{number}-{uid[:8]}", uid, domain_type="test")))
-    etree.ElementTree(node).write(path, encoding="utf-8", xml_declaration=True)
-    return uuids
 
 
 def wait_events(counter: EventCounter, predicate: Callable[[str], bool], n: int,
@@ -105,84 +78,38 @@ def wait_events(counter: EventCounter, predicate: Callable[[str], bool], n: int,
                 raise
 
 
-# --- the worker side: `python -m bench.fleet --serve` hosts some of the fleet ---------------
-
-
-def serve() -> None:
-    """Start the Services of the job on stdin, report, stop them on "stop" or EOF."""
-    logs.setup("error")
-    job = json.loads(sys.stdin.readline())
-    cfgs = [config_mod.load(None, values, environ={}) for values in job["hosts"]]
-    began = time.perf_counter()
-    services = [Service(cfg) for cfg in cfgs]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda s: s.start(), services))
-    print(json.dumps({"ready": True, "start_s": time.perf_counter() - began,
-                      "threads": threading.active_count(),
-                      "fds": len(os.listdir("/proc/self/fd")), "rss_kib": _rss_kib()}),
-          flush=True)
-    sys.stdin.readline()  # "stop", or EOF when the bench went away
-    began = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(lambda s: s.stop(grace=10), services))
-    queues = [q for s in services for q in service_names(s.cfg, [s.consumer.fanout_unique])]
-    failed = delete_names(cfgs[0].transport_url, queues) if cfgs else 0
-    print(json.dumps({"stopped": True, "stop_s": time.perf_counter() - began,
-                      "queues_deleted": len(queues) - failed, "delete_failed": failed}),
-          flush=True)
-
-
-def _rss_kib(pid: int | str = "self") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_and_wakeups(pid: int) -> tuple[float, int]:
-    """(CPU seconds on the run queue, context switches) summed over the threads of pid.
-
-    From /proc/<pid>/task/*/schedstat (nanoseconds, unlike /proc/<pid>/stat's
-    10 ms ticks) and the threads' voluntary + involuntary switches: a thread
-    that wakes to poll shows up as switches even when its CPU time is tiny.
-    """
-    cpu_ns, switches = 0, 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            cpu_ns += int((task / "schedstat").read_text().split()[0])
-            for line in (task / "status").read_text().splitlines():
-                if "ctxt_switches:" in line:
-                    switches += int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that ended meanwhile
-    return cpu_ns / 1e9, switches
-
-
-# --- the bench side ---------------------------------------------------------------------------
-
-
 class Fleet:
-    """N workers in `procs` subprocesses (bench.fleet --serve), all on one private node file."""
+    """N workers in `procs` subprocesses (bench.fleet_hosts), all on one private node file.
 
-    def __init__(self, n: int, procs: int, node: str, tmp: str, tag: str) -> None:
+    url is where this process casts and counts events; options are more worker
+    options (a cluster's transport_url, rabbit_quorum_queue).
+    """
+
+    def __init__(self, n: int, procs: int, node: str, tmp: str, tag: str, *,
+                 url: str = BROKER, options: dict[str, Any] | None = None) -> None:
         self.n = n
+        self.url = url
         self.topic = f"benchfl{tag}"
         self.exchange = f"bench_{tag}"
         self.notification_topic = f"bench_notifications_{tag}"
-        self.cfgs = [bench_config(f"{tmp}/{tag}/{i}", host=f"fl{tag}-{i}", topic=self.topic,
+        self.cfgs = [bench_config(f"{tmp}/{tag}/{i}", host=host, topic=self.topic,
                                   control_exchange=self.exchange,
                                   notification_topic=self.notification_topic,
-                                  connection_uri=f"test://{node}") for i in range(n)]
-        self.counter = EventCounter(BROKER, self.exchange, self.notification_topic)
+                                  connection_uri=f"test://{node}", **(options or {}))
+                     for i, host in enumerate(host_names(tag, n))]
+        # The exchange's flags as the workers declare it (durable with quorum queues).
+        self.durable = durable(self.cfgs[0])
+        self.counter = EventCounter(url, self.exchange, self.notification_topic,
+                                    durable=self.durable)
         self.procs: list[subprocess.Popen[str]] = []
         self.ready: list[dict[str, Any]] = []
         began = time.perf_counter()
         try:
             for part in range(procs):
-                hosts = [_values(c) for c in self.cfgs[part::procs]]
+                hosts = [flat_values(c) for c in self.cfgs[part::procs]]
                 if not hosts:
                     continue
-                proc = subprocess.Popen([sys.executable, "-m", "bench.fleet", "--serve"],
+                proc = subprocess.Popen([sys.executable, "-m", "bench.fleet_hosts"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
                 assert proc.stdin is not None
@@ -215,7 +142,7 @@ class Fleet:
 
     def rss_mib(self) -> float:
         """Resident memory of the fleet's processes together."""
-        return sum(_rss_kib(p.pid) for p in self.procs) / 1024
+        return sum(rss_kib(p.pid) for p in self.procs) / 1024
 
     def close(self) -> dict[str, Any]:
         """Stop every worker, delete every queue and the exchange; what the stop took."""
@@ -240,12 +167,13 @@ class Fleet:
                 stopped["delete_failed"] += 1
         self.counter.close()
         stopped["delete_failed"] += delete_names(
-            BROKER, notification_names(self.cfgs[0]), [self.exchange])
+            self.url, notification_names(self.cfgs[0]), [self.exchange])
         return stopped
 
     # --- measurements ------------------------------------------------------------------
 
-    def _body(self, uid: str, method: str, request_id: str) -> bytes:
+    def body(self, uid: str, method: str, request_id: str) -> bytes:
+        """A cast of method on the instance uid, as nova sends it."""
         return envelope.wrap({"method": method, "args": {"instance": {"uuid": uid}},
                               "version": "6.0", "_unique_id": uuid.uuid4().hex,
                               "_context_request_id": request_id})
@@ -261,11 +189,11 @@ class Fleet:
             host = self.cfgs[number % self.n].host
             uid = uuids[(number // self.n) % len(uuids)]
             method = "pause_instance" if (number // per_round) % 2 == 0 else "unpause_instance"
-            bodies.append((f"{self.topic}.{host}", self._body(uid, method, f"req-{uuid.uuid4()}")))
+            bodies.append((f"{self.topic}.{host}", self.body(uid, method, f"req-{uuid.uuid4()}")))
         before, errors = self.counter.count(is_end), self._errors()
-        with Connection(BROKER) as conn:
+        with Connection(self.url) as conn:
             producer = Producer(conn.channel())
-            exchange = Exchange(self.exchange, type="topic", durable=False)
+            exchange = Exchange(self.exchange, type="topic", durable=self.durable)
             started = time.perf_counter()
             for routing_key, body in bodies:
                 producer.publish(body, exchange=exchange, routing_key=routing_key,
@@ -283,9 +211,9 @@ class Fleet:
         sent: dict[str, float] = {}
         before = self.counter.count(lambda k: k.endswith(".end"))
         per_round = self.n * len(uuids)
-        with Connection(BROKER) as conn:
+        with Connection(self.url) as conn:
             producer = Producer(conn.channel())
-            exchange = Exchange(self.exchange, type="topic", durable=False)
+            exchange = Exchange(self.exchange, type="topic", durable=self.durable)
             start = time.perf_counter()
             for number in range(count):
                 host = self.cfgs[number % self.n].host
@@ -294,7 +222,7 @@ class Fleet:
                 # paused domain (or unpausing a running one) is a no-op.
                 method = "pause_instance" if (number // per_round) % 2 == 0 else "unpause_instance"
                 request_id = f"req-{uuid.uuid4()}"
-                body = self._body(uid, method, request_id)
+                body = self.body(uid, method, request_id)
                 sent[request_id] = time.perf_counter()
                 producer.publish(body, exchange=exchange, routing_key=f"{self.topic}.{host}",
                                  content_type="application/json", content_encoding="utf-8",
@@ -317,7 +245,7 @@ class Fleet:
 
     def direct(self, uid: str, method: str) -> float:
         """One cast to the first host alone (the fanout's baseline); ms to its end event."""
-        exchange = Exchange(self.exchange, type="topic", durable=False)
+        exchange = Exchange(self.exchange, type="topic", durable=self.durable)
         return self._one_cast(exchange, f"{self.topic}.{self.cfgs[0].host}", uid, method, 1)[1]
 
     def _one_cast(self, exchange: Exchange, routing_key: str, uid: str, method: str,
@@ -327,9 +255,9 @@ class Fleet:
         def ours(event: dict[str, Any]) -> bool:
             return bool(event["payload"]["nova_object.data"].get("request_id") == request_id)
 
-        with Connection(BROKER) as conn:
+        with Connection(self.url) as conn:
             producer = Producer(conn.channel())
-            body = self._body(uid, method, request_id)
+            body = self.body(uid, method, request_id)
             started = time.perf_counter()
             producer.publish(body, exchange=exchange, routing_key=routing_key,
                              content_type="application/json", content_encoding="utf-8",
@@ -352,22 +280,26 @@ class Fleet:
         return (times[0] - started) * 1000, (times[-1] - started) * 1000
 
 
-def _values(cfg: Config) -> dict[str, Any]:
-    """The options of cfg that differ from the defaults, for a --serve job."""
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-            if getattr(cfg, f.name) != f.default}
+#: A measurement of bench.cluster_fleet's run beside run_size's own: more figures.
+Extra = Callable[[Fleet], dict[str, Any]]
 
 
-def run_size(n: int, procs: int, node: str, tmp: str, uuids: list[str],
-             ns: argparse.Namespace) -> dict[str, Any]:
-    """Every figure for one fleet size."""
-    fleet = Fleet(n, procs, node, tmp, uuid.uuid4().hex[:8])
+def run_size(fleet: Fleet, uuids: list[str], ns: argparse.Namespace, *,
+             idle: Extra | None = None, after: Extra | None = None,
+             failed: Callable[[Fleet], object] | None = None) -> dict[str, Any]:
+    """Every figure for one fleet, which is closed afterwards.
+
+    idle runs while the fleet is idle, before any load; after, at the end;
+    failed, when a measurement raised, before the fleet is closed.
+    """
+    n = fleet.n
     figures: dict[str, Any] = {"n": n, "procs": len(fleet.procs), "start_s": fleet.start_s}
     try:
         figures["threads"] = max(r["threads"] for r in fleet.ready)
         figures["fds"] = max(r["fds"] for r in fleet.ready)
         figures["idle_cpu"] = fleet.idle_cpu(ns.idle_seconds)
         figures["rss_mib"] = fleet.rss_mib()
+        figures.update(idle(fleet) if idle else {})
         cpu0 = fleet.cpu_seconds()
         figures["throughput"] = fleet.throughput(uuids[:-1], ns.casts)
         figures["cpu_per_cast"] = (fleet.cpu_seconds() - cpu0) * 1000 / ns.casts
@@ -385,15 +317,19 @@ def run_size(n: int, procs: int, node: str, tmp: str, uuids: list[str],
         figures["fanout_all"] = median([a for _, a in fan])
         figures["direct"] = median(direct)
         figures["cpu_per_fanout_host"] = median(fan_cpu)
+        figures.update(after(fleet) if after else {})
+    except BaseException:
+        if failed:
+            failed(fleet)
+        raise
     finally:
         figures.update(fleet.close())
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", default="1,10,50,100", help="fleet sizes, comma separated")
+def add_arguments(parser: argparse.ArgumentParser, sizes: str) -> None:
+    """The options of a fleet run (bench.cluster_fleet takes the same)."""
+    parser.add_argument("--sizes", default=sizes, help="fleet sizes, comma separated")
     parser.add_argument("--procs", type=int, default=PROCS,
                         help=f"worker processes per size (hosts split among them); "
                              f"default {PROCS}, 1 = every worker in one process")
@@ -405,10 +341,12 @@ def main() -> None:
     parser.add_argument("--fanouts", type=int, default=7, help="fanout casts per size")
     parser.add_argument("--idle-seconds", type=float, default=3.0)
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, "1,10,50,100")
     ns = parser.parse_args()
-    if ns.serve:
-        serve()
-        return
     logs.setup("error")
     sizes = [int(s) for s in ns.sizes.split(",") if s.strip()]
     assert ns.domains >= 2, "need one domain for casts and one for fanout"
@@ -420,13 +358,14 @@ def main() -> None:
         delete_names(BROKER, [], [rtt_exchange])
         print(f"baseline: raw broker round trip p50 {percentile(raw, 50):.2f} ms, "
               f"p99 {percentile(raw, 99):.2f} ms", flush=True)
-        print(f"layout: each size's workers split over min(N, {ns.procs}) `bench.fleet --serve` "
+        print(f"layout: each size's workers split over min(N, {ns.procs}) `bench.fleet_hosts` "
               f"processes (--procs; one per core by default), this process publishes and "
               f"counts; {ns.domains} domains per host", flush=True)
         rows = []
         for n in sizes:
             began = time.perf_counter()
-            fig = run_size(n, min(ns.procs, n), node, tmp, uuids, ns)
+            fig = run_size(Fleet(n, min(ns.procs, n), node, tmp, uuid.uuid4().hex[:8]),
+                           uuids, ns)
             rows.append(fig)
             base = rows[0]
             lat = fig["latency"]

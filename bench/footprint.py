@@ -28,11 +28,8 @@ from typing import Any
 from kombu import Connection, Exchange, Producer
 
 from bench.common import EventCounter, append_result, bench_config, is_end, machine
-from bench.fleet import (
-    cpu_and_wakeups,
-    node_xml,
-    wait_events,
-)
+from bench.fleet import wait_events
+from bench.fleet_hosts import cpu_and_wakeups, node_xml
 from tests.brokers import delete_names, notification_names, service_names
 from worker import logs
 from worker.amqp.client import RpcClient
