@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -118,3 +119,38 @@ class BrokerCluster:
                 node.close()
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             list(pool.map(close, self.nodes))
+
+
+def _commands(node: PrivateBroker) -> list[str]:
+    """What a person types to look at, stop, kill and start one node by hand."""
+    env = " ".join(f"{key}={shlex.quote(value)}" for key, value in node.env().items()
+                   if key.startswith("RABBITMQ_"))
+    return [f"  {node.node} (AMQP {node.port}, pid {node.pid()}):",
+            f"    leader of a queue: rabbitmqctl -n {node.node} list_queues name leader",
+            f"    stop:              rabbitmqctl -n {node.node} stop",
+            f"    SIGKILL:           kill -9 $(cat {node.pid_file})",
+            f"    start again:       env {env} rabbitmq-server -detached"]
+
+
+def main() -> None:
+    """``python -m tests.broker_cluster``: a cluster to try a worker's failover on by hand.
+
+    Starts three nodes (``cwhand0..2``, AMQP 5720-5722), prints the URLs to give a worker and
+    the commands that stop, kill and start each node, and removes it all on Ctrl-C.
+    """
+    cluster = BrokerCluster(3, name="cwhand", port=5720)
+    try:
+        cluster.start()
+        print(f"oslo form:  {cluster.oslo_url}\nkombu form: {cluster.kombu_url}")
+        for node in cluster.nodes:
+            print("\n".join(_commands(node)))
+        print("e.g. compute-worker run --rabbit-quorum-queue --transport-url "
+              f"'{cluster.oslo_url}' ...; Ctrl-C here removes the cluster", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        cluster.close()
+
+
+if __name__ == "__main__":
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    main()
