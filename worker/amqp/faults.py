@@ -31,9 +31,12 @@ def diagnose(exc: BaseException, shown_url: str) -> tuple[str, str]:
         if arg == "durable":
             flag = ("--amqp-durable-queues" if found["theirs"] == "true"
                     else "--no-amqp-durable-queues")
+            # rabbit_quorum_queue makes everything durable too, as oslo's does.
+            quorum = ("; a deployment on quorum queues sets rabbit_quorum_queue = true, "
+                      "which makes it durable too" if found["theirs"] == "true" else "")
             return problem, (f"set amqp_durable_queues = {found['theirs']} in "
-                             f"[oslo_messaging_rabbit] as the deployment has it (or pass {flag}), "
-                             f"or, when nothing uses it, delete the {kind} ({delete})")
+                             f"[oslo_messaging_rabbit] as the deployment has it (or pass {flag})"
+                             f"{quorum}, or, when nothing uses it, delete the {kind} ({delete})")
         return problem, (f"match the option that sets {arg} (rabbit_quorum_queue, "
                          "rabbit_quorum_delivery_limit, dead_letter_exchange), "
                          f"or delete the {kind} ({delete})")
