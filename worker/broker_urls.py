@@ -5,8 +5,9 @@ from __future__ import annotations
 import urllib.parse
 import zlib
 
-#: The AMQP port oslo gives a host written without one.
+#: The AMQP port oslo gives a host written without one; amqps:// (TLS) is on 5671.
 DEFAULT_PORT = 5672
+TLS_PORT = 5671
 
 
 def node_urls(transport_url: str) -> list[str]:
@@ -15,7 +16,7 @@ def node_urls(transport_url: str) -> list[str]:
     Both forms a deployment writes: oslo's ``rabbit://u:p@h1:p1,u:p@h2:p2/vhost`` (one
     URL, hosts comma-separated, turned into ``amqp://u:p@h1:p1/vhost;...`` as oslo's
     driver does) and kombu's ``url1;url2;...``. ``rabbit://`` is oslo's name for
-    ``amqp://``; a host without a port is on 5672.
+    ``amqp://``; a host without a port is on 5672 (amqps: 5671).
     """
     nodes: list[str] = []
     for url in (part.strip() for part in transport_url.split(";")):
@@ -59,11 +60,11 @@ def _expanded(url: str) -> list[str]:
     for host in (item for item in parts.netloc.split(",") if item):
         credentials, at, address = host.rpartition("@")
         # oslo's default port, where kombu would pick its own.
-        nodes.append(f"{scheme}://{credentials}{at}{with_port(address)}{tail}")
+        nodes.append(f"{scheme}://{credentials}{at}{with_port(address, scheme)}{tail}")
     return nodes
 
 
-def with_port(host: str) -> str:
-    """``host`` or ``[v6]`` with oslo's default port added when it has none."""
+def with_port(host: str, scheme: str = "amqp") -> str:
+    """``host`` or ``[v6]`` with the default port added when it has none (5671 for amqps)."""
     has_port = "]:" in host if host.startswith("[") else ":" in host
-    return host if has_port else f"{host}:{DEFAULT_PORT}"
+    return host if has_port else f"{host}:{TLS_PORT if scheme == 'amqps' else DEFAULT_PORT}"

@@ -121,7 +121,7 @@ def test_masked_takes_any_password_whole_and_never_raises(url: str) -> None:
      ["amqp://nova:pw@h1:5672/vh", "amqp://nova:pw@h2:5673/vh", "amqp://nova:pw@h3:5672/vh"]),
     ("rabbit://guest:guest@localhost:5672/", ["amqp://guest:guest@localhost:5672/"]),
     ("amqps://u:p@[fe80::1%25eth0]:5671,u:p@[::1]/",
-     ["amqps://u:p@[fe80::1%25eth0]:5671/", "amqps://u:p@[::1]:5672/"]),
+     ["amqps://u:p@[fe80::1%25eth0]:5671/", "amqps://u:p@[::1]:5671/"]),
     ("rabbit://u:p%2Fx@a:1,u:p%2Fx@b:2//?heartbeat=5",
      ["amqp://u:p%2Fx@a:1//?heartbeat=5", "amqp://u:p%2Fx@b:2//?heartbeat=5"]),
     ("amqp://a//;rabbit://u:p@b,u:p@c/", ["amqp://a//", "amqp://u:p@b:5672/",

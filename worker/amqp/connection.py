@@ -38,7 +38,7 @@ def address(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "memory":
         return "memory"
-    return with_port(parts.netloc.rpartition("@")[2])
+    return with_port(parts.netloc.rpartition("@")[2], parts.scheme)
 
 
 def connection_for(cfg: Config, *, url: str | None = None, confirm: bool = False,
