@@ -10,8 +10,9 @@ need_pkgs=()
 # libvirt-clients and libxml2-utils: virt-xml-validate (and the xmllint it runs) judge
 # every domain XML the tests make; qemu-utils: qemu-img and qemu-nbd;
 # tmux: the tests drive compute-worker top in it and read its screen; systemd:
-# systemd-analyze and systemd-tmpfiles check the unit and the tmpfiles entry.
-for p in rabbitmq-server systemd libvirt-daemon-system libvirt-clients libxml2-utils libvirt-dev pkg-config qemu-system-x86 qemu-utils e2fsprogs dosfstools util-linux iproute2 tmux python3-venv; do
+# systemd-analyze and systemd-tmpfiles check the unit and the tmpfiles entry;
+# tini: libvirtd's subreaper (scripts/libvirtd.sh says why).
+for p in rabbitmq-server systemd libvirt-daemon-system libvirt-clients libxml2-utils libvirt-dev pkg-config qemu-system-x86 qemu-utils e2fsprogs dosfstools util-linux iproute2 tmux tini python3-venv; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then
@@ -60,7 +61,7 @@ set_conf namespaces '[]'
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
     echo "services: starting virtlogd and libvirtd"
     pgrep -x virtlogd >/dev/null || virtlogd -d
-    pgrep -x libvirtd >/dev/null || libvirtd -d
+    pgrep -x libvirtd >/dev/null || bash "$(dirname "$0")/libvirtd.sh"
     for _ in $(seq 1 60); do
         virsh -c qemu:///system version >/dev/null 2>&1 && break
         sleep 0.5
@@ -68,3 +69,10 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
     virsh -c qemu:///system version >/dev/null
 fi
 echo "services: libvirtd is up ($(virsh -c qemu:///system version | grep -i 'running hypervisor' || true))"
+for pid in $(pgrep -x libvirtd); do
+    parent=$(ps -o comm= -p "$(ps -o ppid= -p "$pid" | tr -d ' ')" 2>/dev/null || true)
+    if [[ $parent != tini ]]; then
+        echo "services: note: libvirtd $pid was started without a subreaper; each QEMU" \
+            "destroy may wait 2 s for PID 1 here (see scripts/libvirtd.sh)"
+    fi
+done

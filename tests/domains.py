@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -19,6 +20,9 @@ QEMU_URI = "qemu:///system"
 TEST_URI = "test:///default"
 #: Where libvirt's QEMU driver keeps managed-save images (<name>.save).
 MANAGED_SAVE_DIR = "/var/lib/libvirt/qemu/save"
+
+#: Starts libvirtd under a subreaper, as scripts/services.sh does; restarts must use it too.
+LIBVIRTD_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "libvirtd.sh"
 
 _KVM_GET_API_VERSION = 0xAE00
 _KVM_CREATE_VM = 0xAE01

@@ -53,6 +53,7 @@ from types import TracebackType
 
 import libvirt
 
+from tests.domains import LIBVIRTD_SCRIPT
 from tests.host_link import HostLink, candidates
 from tests.ns_processes import alive, end, identity, kill_namespace, mount_ns_of, same_process
 from tests.unix_forward import UnixForward
@@ -282,8 +283,11 @@ class SecondHost:
             subprocess.run([*inside, "virtlogd", "-d", "-p", str(self.dir / "virtlogd.pid")],
                            check=True, timeout=30)
         if self._daemon_pid("libvirtd") is None:
-            subprocess.run([*inside, "libvirtd", "--listen", "-d", "-p",
-                            str(self.dir / "libvirtd.pid")], check=True, timeout=30)
+            # Under a subreaper, as the root host's (scripts/libvirtd.sh says why).
+            subprocess.run([*inside, "bash", str(LIBVIRTD_SCRIPT), "--listen", "-p",
+                            str(self.dir / "libvirtd.pid")], check=True, timeout=30,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:

@@ -40,6 +40,8 @@ def test_two_suspends_run_in_parallel(
             QEMU_URI, vm.uuid)
         assert 1 == qemu.lookupByUUIDString(vm.uuid).hasManagedSaveImage(0)
     each = [(_at(end) - _at(start)).total_seconds() for start, end in runs]
+    # In parallel: each began before the other ended (the worker's own event times).
+    assert max(_at(start) for start, _ in runs) < min(_at(end) for _, end in runs), runs
     with capsys.disabled():
         print(f"\n[e2e] 2 suspends in parallel (max_concurrent_ops={cfg.max_concurrent_ops}): "
               f"{elapsed:.2f}s wall, each start->end {each[0]:.2f}s and {each[1]:.2f}s "

@@ -33,7 +33,7 @@ from tests.brokers import (
     tail,
     wait_until,
 )
-from tests.domains import QEMU_URI, Vm, connection, remove_domain
+from tests.domains import LIBVIRTD_SCRIPT, QEMU_URI, Vm, connection, remove_domain
 from tests.helpers import WORKER_BIN, check_event, worker_env
 from tests.taps import Event, Gathered, drain_until
 from worker import config as config_mod
@@ -634,7 +634,7 @@ def _start_libvirtd(check: bool = True) -> None:
     # Detached from our stdio and without test-run variables: it outlives the run.
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PYTEST_", "COMPUTE_WORKER_", "PYTHON"))}
-    subprocess.run(["libvirtd", "-d"], check=check, timeout=30, env=env, cwd="/",
+    subprocess.run(["bash", str(LIBVIRTD_SCRIPT)], check=check, timeout=30, env=env, cwd="/",
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
 
